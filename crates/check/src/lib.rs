@@ -1,0 +1,2 @@
+//! Linearizability checker (being built).
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Durable log store (being built).
+#![deny(missing_docs)]
