@@ -1,0 +1,444 @@
+//! The in-memory Raft log of one member: entries after the last snapshot, plus the indexes
+//! that track how far the log is committed, handed out for persisting, persisted, and
+//! handed out for applying.
+//!
+//! Invariant chain, checked after every step:
+//! `snapshot_index <= applied <= applying <= min(committed, persisted)`,
+//! `committed <= last_index`, `persisted <= handed_out <= last_index`.
+
+use std::collections::VecDeque;
+
+use crate::types::Entry;
+
+/// The log and its cursors.
+#[derive(Debug, Clone)]
+pub struct RaftLog {
+    /// Index of the last entry covered by the snapshot (0 without one).
+    snapshot_index: u64,
+    /// Term of that entry (0 without a snapshot).
+    snapshot_term: u64,
+    /// Entries after `snapshot_index`: `entries[i].index == snapshot_index + 1 + i`.
+    entries: VecDeque<Entry>,
+    /// Highest index known committed.
+    committed: u64,
+    /// Highest index handed to the application to persist.
+    handed_out: u64,
+    /// Highest index known durable on this member (a prefix of the current log).
+    persisted: u64,
+    /// Highest index handed to the application to apply.
+    applying: u64,
+    /// Highest index the application reported applied.
+    applied: u64,
+}
+
+impl RaftLog {
+    /// A log restored after a restart: everything given here is already durable.
+    pub fn restore(
+        snapshot_index: u64,
+        snapshot_term: u64,
+        entries: Vec<Entry>,
+        committed: u64,
+    ) -> RaftLog {
+        let last_index = snapshot_index + entries.len() as u64;
+        let log = RaftLog {
+            snapshot_index,
+            snapshot_term,
+            entries: entries.into(),
+            committed: committed.max(snapshot_index),
+            handed_out: last_index,
+            persisted: last_index,
+            applying: snapshot_index,
+            applied: snapshot_index,
+        };
+        for (offset, entry) in log.entries.iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                snapshot_index + 1 + offset as u64,
+                "log has a gap"
+            );
+        }
+        log
+    }
+
+    /// Index of the last entry (the snapshot index if the log is empty).
+    pub fn last_index(&self) -> u64 {
+        self.snapshot_index + self.entries.len() as u64
+    }
+
+    /// Term of the last entry.
+    pub fn last_term(&self) -> u64 {
+        self.entries
+            .back()
+            .map_or(self.snapshot_term, |entry| entry.term)
+    }
+
+    /// First index still held as an entry.
+    pub fn first_index(&self) -> u64 {
+        self.snapshot_index + 1
+    }
+
+    /// Index covered by the latest snapshot.
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
+    /// Highest committed index.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Highest index durable on this member.
+    pub fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
+    /// Highest index handed out for applying.
+    pub fn applying(&self) -> u64 {
+        self.applying
+    }
+
+    /// Highest index the application reported applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Term of the entry at `index`; `None` if compacted away or beyond the end.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index == self.snapshot_index {
+            return Some(self.snapshot_term);
+        }
+        self.entry(index).map(|entry| entry.term)
+    }
+
+    /// The entry at `index`, if held.
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        if index <= self.snapshot_index {
+            return None;
+        }
+        self.entries.get((index - self.snapshot_index - 1) as usize)
+    }
+
+    /// True if the entry at `index` has `term` (Raft's log-matching check).
+    pub fn matches(&self, index: u64, term: u64) -> bool {
+        self.term(index) == Some(term)
+    }
+
+    /// Raft's "at least as up to date" rule (§5.4.1): compare the last terms, then the
+    /// last indexes.
+    pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// The largest index at or below `index` whose term is at most `term`. Used on both
+    /// sides of a rejected AppendEntries to skip a whole term per round trip.
+    pub fn find_conflict_by_term(&self, index: u64, term: u64) -> u64 {
+        let mut index = index.min(self.last_index());
+        while index > self.snapshot_index {
+            match self.term(index) {
+                Some(found) if found <= term => return index,
+                _ => index -= 1,
+            }
+        }
+        index
+    }
+
+    /// Entries in `[low, high)` (clamped to the held range), stopping once `max_bytes` is
+    /// reached but always including at least one entry if any is available.
+    pub fn slice(&self, low: u64, high: u64, max_bytes: u64) -> Vec<Entry> {
+        let low = low.max(self.first_index());
+        let high = high.min(self.last_index() + 1);
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut index = low;
+        while index < high {
+            let entry = self.entry(index).expect("index within held range");
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+            index += 1;
+        }
+        out
+    }
+
+    /// Appends entries that directly follow the last one (the leader's own proposals).
+    pub fn append(&mut self, entries: Vec<Entry>) {
+        for entry in entries {
+            assert_eq!(entry.index, self.last_index() + 1, "append leaves a gap");
+            assert!(entry.term >= self.last_term(), "append goes back in term");
+            self.entries.push_back(entry);
+        }
+    }
+
+    /// Merges entries received after a matching `(prev_index, prev_term)`: skips those
+    /// already present, truncates the log at the first conflict and appends the rest.
+    /// Returns the index of the last entry of the message.
+    pub fn merge(&mut self, prev_index: u64, entries: Vec<Entry>) -> u64 {
+        let last_new = prev_index + entries.len() as u64;
+        let mut to_append = Vec::new();
+        for (offset, entry) in entries.into_iter().enumerate() {
+            assert_eq!(
+                entry.index,
+                prev_index + 1 + offset as u64,
+                "message has a gap"
+            );
+            if !to_append.is_empty() {
+                to_append.push(entry);
+                continue;
+            }
+            if entry.index <= self.snapshot_index {
+                continue; // compacted, hence committed, hence matching
+            }
+            match self.term(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => {
+                    assert!(
+                        entry.index > self.committed,
+                        "conflict at committed index {} (committed {})",
+                        entry.index,
+                        self.committed
+                    );
+                    self.truncate_from(entry.index);
+                    to_append.push(entry);
+                }
+                None => to_append.push(entry),
+            }
+        }
+        self.append(to_append);
+        last_new
+    }
+
+    fn truncate_from(&mut self, index: u64) {
+        assert!(index > self.snapshot_index && index <= self.last_index());
+        self.entries
+            .truncate((index - self.snapshot_index - 1) as usize);
+        self.handed_out = self.handed_out.min(index - 1);
+        self.persisted = self.persisted.min(index - 1);
+    }
+
+    /// Advances the commit index (never backwards). Panics if `index` is beyond the log.
+    pub fn commit_to(&mut self, index: u64) -> bool {
+        if index <= self.committed {
+            return false;
+        }
+        assert!(
+            index <= self.last_index(),
+            "commit {index} beyond last index {}",
+            self.last_index()
+        );
+        self.committed = index;
+        true
+    }
+
+    /// Hands out the entries not yet given to the application for persisting.
+    pub fn take_unpersisted(&mut self) -> Vec<Entry> {
+        let out = self.slice(self.handed_out + 1, self.last_index() + 1, u64::MAX);
+        self.handed_out = self.last_index();
+        out
+    }
+
+    /// True if some entries await persisting.
+    pub fn has_unpersisted(&self) -> bool {
+        self.handed_out < self.last_index()
+    }
+
+    /// Records that entries up to `(index, term)` are durable. Ignored if the log changed
+    /// since (the entry at `index` no longer has `term`) or the entries were never handed out.
+    pub fn persisted_to(&mut self, index: u64, term: u64) -> bool {
+        if index <= self.persisted || index > self.handed_out || !self.matches(index, term) {
+            return false;
+        }
+        self.persisted = index;
+        true
+    }
+
+    /// Highest index that may be handed out for applying: committed and durable here.
+    fn apply_limit(&self) -> u64 {
+        self.committed.min(self.persisted)
+    }
+
+    /// True if committed entries await applying.
+    pub fn has_to_apply(&self) -> bool {
+        self.applying < self.apply_limit()
+    }
+
+    /// Hands out committed, durable entries for applying, up to `max_bytes`.
+    pub fn take_to_apply(&mut self, max_bytes: u64) -> Vec<Entry> {
+        let out = self.slice(self.applying + 1, self.apply_limit() + 1, max_bytes);
+        if let Some(last) = out.last() {
+            self.applying = last.index;
+        }
+        out
+    }
+
+    /// Marks entries up to `index` as already applied (the state machine was restored to
+    /// that point). `index` must be committed and durable.
+    pub fn skip_applied(&mut self, index: u64) {
+        assert!(index <= self.committed && index <= self.persisted);
+        self.applying = self.applying.max(index);
+        self.applied = self.applied.max(index);
+    }
+
+    /// Records that entries up to `index` are applied.
+    pub fn applied_to(&mut self, index: u64) {
+        assert!(
+            index <= self.applying,
+            "applied {index} beyond handed out {}",
+            self.applying
+        );
+        self.applied = self.applied.max(index);
+    }
+
+    /// Drops entries up to `index`, which a snapshot now covers. `index` must be applied.
+    pub fn compact(&mut self, index: u64) {
+        if index <= self.snapshot_index {
+            return;
+        }
+        assert!(
+            index <= self.applied,
+            "compact {index} beyond applied {}",
+            self.applied
+        );
+        let term = self.term(index).expect("compacting a held entry");
+        let drop = (index - self.snapshot_index) as usize;
+        self.entries.drain(..drop);
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+    }
+
+    /// Replaces the whole log with a snapshot's position (installing a snapshot received
+    /// from the leader). Everything up to `index` counts as committed and applied.
+    pub fn reset_to_snapshot(&mut self, index: u64, term: u64) {
+        assert!(
+            index > self.committed,
+            "snapshot {index} not ahead of commit"
+        );
+        self.entries.clear();
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.committed = index;
+        self.handed_out = index;
+        self.persisted = index;
+        self.applying = index;
+        self.applied = index;
+    }
+
+    /// Checks the invariant chain; panics on a violation.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.snapshot_index <= self.applied,
+            "applied behind snapshot"
+        );
+        assert!(self.applied <= self.applying, "applied ahead of applying");
+        assert!(
+            self.applying <= self.committed,
+            "applying ahead of committed"
+        );
+        assert!(
+            self.applying <= self.persisted.max(self.snapshot_index),
+            "applying ahead of persisted"
+        );
+        assert!(
+            self.committed <= self.last_index(),
+            "committed beyond the log"
+        );
+        assert!(
+            self.persisted <= self.handed_out,
+            "persisted beyond handed out"
+        );
+        assert!(
+            self.handed_out <= self.last_index(),
+            "handed out beyond the log"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryKind;
+    use bytes::Bytes;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            kind: EntryKind::Normal,
+            data: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn log_of(terms: &[u64]) -> RaftLog {
+        let entries = terms
+            .iter()
+            .enumerate()
+            .map(|(offset, term)| entry(offset as u64 + 1, *term))
+            .collect();
+        RaftLog::restore(0, 0, entries, 0)
+    }
+
+    #[test]
+    fn merge_skips_duplicates_and_truncates_conflicts() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        assert_eq!(log.merge(1, vec![entry(2, 1), entry(3, 2)]), 3);
+        assert_eq!(log.last_index(), 4, "matching entries must not truncate");
+        assert_eq!(log.merge(2, vec![entry(3, 3)]), 3);
+        assert_eq!(log.last_index(), 3);
+        assert_eq!(log.term(3), Some(3));
+        assert_eq!(log.persisted(), 2, "truncation lowers the persisted index");
+    }
+
+    #[test]
+    #[should_panic(expected = "conflict at committed index")]
+    fn merge_refuses_to_rewrite_committed_entries() {
+        let mut log = log_of(&[1, 1, 2]);
+        log.commit_to(3);
+        log.merge(2, vec![entry(3, 3)]);
+    }
+
+    #[test]
+    fn up_to_date_compares_term_before_index() {
+        let log = log_of(&[1, 1, 2]);
+        assert!(
+            log.is_up_to_date(1, 3),
+            "higher last term wins even when shorter"
+        );
+        assert!(
+            !log.is_up_to_date(5, 1),
+            "longer log of an older term loses"
+        );
+        assert!(log.is_up_to_date(3, 2));
+        assert!(!log.is_up_to_date(2, 2));
+    }
+
+    #[test]
+    fn find_conflict_by_term_skips_a_term_at_a_time() {
+        let log = log_of(&[1, 1, 4, 4, 5, 5]);
+        assert_eq!(log.find_conflict_by_term(6, 4), 4);
+        assert_eq!(log.find_conflict_by_term(6, 3), 2);
+        assert_eq!(log.find_conflict_by_term(6, 0), 0);
+        assert_eq!(log.find_conflict_by_term(10, 9), 6);
+    }
+
+    #[test]
+    fn apply_waits_for_commit_and_persist() {
+        let mut log = log_of(&[]);
+        log.append(vec![entry(1, 1), entry(2, 1)]);
+        assert_eq!(log.take_unpersisted().len(), 2);
+        log.commit_to(2);
+        assert!(!log.has_to_apply(), "not durable yet");
+        assert!(log.persisted_to(1, 1));
+        assert_eq!(log.take_to_apply(u64::MAX).len(), 1);
+        assert!(!log.persisted_to(2, 9), "wrong term is ignored");
+        assert!(log.persisted_to(2, 1));
+        assert_eq!(log.take_to_apply(u64::MAX)[0].index, 2);
+        log.applied_to(2);
+        log.compact(1);
+        assert_eq!(log.first_index(), 2);
+        assert_eq!(log.term(1), Some(1));
+        assert_eq!(log.term(0), None);
+        log.check_invariants();
+    }
+}
