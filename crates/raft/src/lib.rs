@@ -16,6 +16,7 @@ pub mod node;
 pub mod progress;
 pub mod quorum;
 pub mod rng;
+pub mod testkit;
 pub mod types;
 
 pub use config::{Config, PlantedBug, ReadMode};

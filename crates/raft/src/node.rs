@@ -269,7 +269,9 @@ impl RawNode {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_ticks,
-            boot_guard: true,
+            // Only leases need it: a member that restarts quickly must not help elect a
+            // new leader while an old leader may still serve reads from its lease.
+            boot_guard: config.read_mode == ReadMode::LeaseBased,
             transfer_target: None,
             transfer_elapsed: 0,
             lease_revoked: false,
@@ -322,6 +324,16 @@ impl RawNode {
             return;
         }
         self.step_message(message);
+        self.check_invariants();
+    }
+
+    /// Starts an election now, as if the election timeout had elapsed (with a pre-vote
+    /// round if configured). Ignored on the leader and on non-voters.
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader && self.membership.is_voter(self.id) {
+            self.boot_guard = false;
+            self.start_campaign(self.config.pre_vote, false);
+        }
         self.check_invariants();
     }
 
@@ -653,7 +665,7 @@ impl RawNode {
         self.maybe_commit();
     }
 
-    fn campaign(&mut self, pre_vote: bool, leadership_transfer: bool) {
+    fn start_campaign(&mut self, pre_vote: bool, leadership_transfer: bool) {
         if pre_vote {
             self.become_pre_candidate();
         } else {
@@ -662,7 +674,7 @@ impl RawNode {
         match quorum::vote_result(&self.membership, &self.votes) {
             VoteResult::Won => {
                 if pre_vote {
-                    self.campaign(false, false);
+                    self.start_campaign(false, false);
                 } else {
                     self.become_leader();
                 }
@@ -715,7 +727,7 @@ impl RawNode {
             && self.membership.is_voter(self.id)
         {
             self.election_elapsed = 0;
-            self.campaign(self.config.pre_vote, false);
+            self.start_campaign(self.config.pre_vote, false);
         }
     }
 
@@ -890,7 +902,7 @@ impl RawNode {
                     && self.leader == Some(from)
                     && self.membership.is_voter(self.id)
                 {
-                    self.campaign(false, true);
+                    self.start_campaign(false, true);
                 }
             }
         }
@@ -951,7 +963,7 @@ impl RawNode {
         match quorum::vote_result(&self.membership, &self.votes) {
             VoteResult::Won => {
                 if pre_vote {
-                    self.campaign(false, false);
+                    self.start_campaign(false, false);
                 } else {
                     self.become_leader();
                 }
