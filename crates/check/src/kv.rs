@@ -164,23 +164,92 @@ pub fn check_kv_by_key(
         .collect()
 }
 
-/// Group operations per key, dropping reads whose result is unknown (they constrain nothing).
-/// Groups come smallest first (then by key), so a shared budget decides the cheap keys first.
+/// Group operations per key, dropping unknown-outcome operations that cannot matter (see
+/// [`is_irrelevant_unknown`]). Groups come smallest first (then by key), so a shared budget
+/// decides the cheap keys first.
 fn partition_by_key(
     operations: &[Operation<KvInput, KvOutput>],
 ) -> Vec<(&str, Vec<Operation<KvInput, KvOutput>>)> {
-    let mut by_key: BTreeMap<&str, Vec<Operation<KvInput, KvOutput>>> = BTreeMap::new();
+    let mut by_key: BTreeMap<&str, Vec<&Operation<KvInput, KvOutput>>> = BTreeMap::new();
     for operation in operations {
-        let unknown_read =
-            operation.output.is_none() && matches!(operation.input, KvInput::Get { .. });
-        if !unknown_read {
-            by_key
-                .entry(operation.input.key())
-                .or_default()
-                .push(operation.clone());
-        }
+        by_key
+            .entry(operation.input.key())
+            .or_default()
+            .push(operation);
     }
-    let mut groups: Vec<_> = by_key.into_iter().collect();
+    let mut groups: Vec<_> = by_key
+        .into_iter()
+        .map(|(key, key_operations)| {
+            let observations = Observations::of(&key_operations);
+            let relevant: Vec<Operation<KvInput, KvOutput>> = key_operations
+                .into_iter()
+                .filter(|operation| !is_irrelevant_unknown(operation, &observations))
+                .cloned()
+                .collect();
+            (key, relevant)
+        })
+        .collect();
     groups.sort_by_key(|(key, key_operations)| (key_operations.len(), *key));
     groups
+}
+
+/// What the operations on one key can observe about the values written to it.
+#[derive(Debug, Default)]
+struct Observations<'a> {
+    /// Values returned by reads or expected by compare-and-sets.
+    observed_values: std::collections::BTreeSet<&'a str>,
+    /// Whether a later state can depend on an earlier value in other ways: appends build on the
+    /// current value, and a failed compare-and-set is explained by any value but one.
+    value_dependent: bool,
+}
+
+impl<'a> Observations<'a> {
+    fn of(operations: &[&'a Operation<KvInput, KvOutput>]) -> Observations<'a> {
+        let mut observations = Observations::default();
+        for operation in operations {
+            match (&operation.input, &operation.output) {
+                (KvInput::Get { .. }, Some(KvOutput::Value(Some(read)))) => {
+                    observations.observed_values.insert(read);
+                }
+                (KvInput::Append { .. }, _)
+                | (KvInput::Cas { .. }, Some(KvOutput::CasResult(false))) => {
+                    observations.value_dependent = true;
+                }
+                _ => {}
+            }
+            if let KvInput::Cas {
+                from: Some(from), ..
+            } = &operation.input
+            {
+                observations.observed_values.insert(from);
+            }
+        }
+        observations
+    }
+}
+
+/// True for an operation of unknown outcome that the search may leave out without changing the
+/// verdict: a read (it constrains nothing), or a write of a value nothing can observe.
+///
+/// Why the write is safe to drop: in any valid order that includes it, the ops between it and
+/// the next write see its value; a read would return it and a compare-and-set would expect it,
+/// and there are none; appends and failed compare-and-sets (which could depend on it in other
+/// ways) are absent from the key. The next state-changing operation is then a put, which
+/// overwrites it, so removing the write leaves every output explained. Pruning matters: every
+/// unknown write left in can be linearized at any later point, which multiplies the search.
+fn is_irrelevant_unknown(
+    operation: &Operation<KvInput, KvOutput>,
+    observations: &Observations<'_>,
+) -> bool {
+    if operation.output.is_some() {
+        return false;
+    }
+    match &operation.input {
+        KvInput::Get { .. } => true,
+        KvInput::Put { value: written, .. } | KvInput::Cas { to: written, .. } => {
+            !observations.value_dependent
+                && !observations.observed_values.contains(written.as_str())
+        }
+        KvInput::Append { .. } => false,
+    }
 }

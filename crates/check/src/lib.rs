@@ -31,6 +31,7 @@
 
 pub mod command;
 pub mod kv;
+mod memo;
 pub mod model;
 pub mod parse;
 pub mod search;

@@ -19,10 +19,9 @@
 //! Memoization is what makes real histories tractable: a configuration reached by a different
 //! order of the same operations behaves identically afterwards, so it is explored once.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+use crate::memo::{ConfigurationSet, StateInterner};
 use crate::model::{Model, Operation, Verdict};
 
 /// A limit on how long one check may search before answering [`Verdict::Unknown`].
@@ -43,9 +42,10 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The default step limit: tens of seconds of search and a few gigabytes of memo at most on
-    /// the pathological end, while every reference history needs orders of magnitude fewer.
-    pub const DEFAULT_MAX_STEPS: u64 = 50_000_000;
+    /// The default step limit. Every reference history (see the crate's tests) needs under
+    /// half a million steps; ten million keep the worst case to seconds and the memo to a few
+    /// hundred megabytes (plus the distinct model states met).
+    pub const DEFAULT_MAX_STEPS: u64 = 10_000_000;
 
     /// A budget of `max_steps` steps and no time limit.
     pub fn steps(max_steps: u64) -> Budget {
@@ -166,6 +166,9 @@ struct EventList {
     operation: Vec<usize>,
     /// For a call event, its return event (`NO_NODE` if it has none); for a return, `NO_NODE`.
     return_of_call: Vec<usize>,
+    /// For a call event, its operation's bit in the linearized set: the operations numbered in
+    /// invoke order, so the set is a dense prefix of ones plus a short window (see `memo`).
+    bit_of_call: Vec<usize>,
     is_call: Vec<bool>,
 }
 
@@ -190,17 +193,21 @@ impl EventList {
             previous: (0..node_count).map(|node| node.wrapping_sub(1)).collect(),
             operation: vec![NO_NODE; node_count],
             return_of_call: vec![NO_NODE; node_count],
+            bit_of_call: vec![NO_NODE; node_count],
             is_call: vec![false; node_count],
         };
         list.next[tail] = NO_NODE;
         list.previous[HEAD] = NO_NODE;
 
         let mut call_node_of_operation = vec![NO_NODE; operations.len()];
+        let mut calls_seen = 0;
         for (position, &(_, kind, index)) in events.iter().enumerate() {
             let node = position + 1;
             list.operation[node] = index;
             if kind == 0 {
                 list.is_call[node] = true;
+                list.bit_of_call[node] = calls_seen;
+                calls_seen += 1;
                 call_node_of_operation[index] = node;
             } else {
                 let call_node = call_node_of_operation[index];
@@ -244,12 +251,12 @@ impl EventList {
 }
 
 /// A fixed-size set of operation indexes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Bitset(Box<[u64]>);
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Bitset(Vec<u64>);
 
 impl Bitset {
     fn new(size: usize) -> Bitset {
-        Bitset(vec![0; size.div_ceil(64)].into_boxed_slice())
+        Bitset(vec![0; size.div_ceil(64)])
     }
 
     fn insert(&mut self, index: usize) {
@@ -261,59 +268,11 @@ impl Bitset {
     }
 }
 
-/// A multiply-rotate hasher: the memo keys are our own data, so no defence against chosen
-/// collisions is needed, and SipHash would dominate the search time.
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl WordHasher {
-    const MULTIPLIER: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::MULTIPLIER);
-    }
-}
-
-impl Hasher for WordHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            self.add(u64::from_le_bytes(chunk.try_into().expect("chunk of 8")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut buffer = [0u8; 8];
-            buffer[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(buffer));
-        }
-    }
-
-    fn write_u8(&mut self, value: u8) {
-        self.add(u64::from(value));
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        self.add(u64::from(value));
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.add(value);
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.add(value as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// One linearization choice, kept so it can be undone.
 #[derive(Debug)]
-struct Frame<S> {
+struct Frame {
     call_node: usize,
-    state_before: S,
+    state_before: u32,
     /// Which of the operation's possible next states was taken (always 0 for a known output).
     alternative: usize,
 }
@@ -322,25 +281,33 @@ struct Search<'a, M: Model> {
     model: &'a M,
     operations: &'a [Operation<M::Input, M::Output>],
     events: EventList,
-    state: M::State,
+    /// Every model state met so far; the search handles their ids.
+    states: StateInterner<M::State>,
+    /// The current state's id.
+    state: u32,
     linearized: Bitset,
     /// Operations with a known output not yet linearized; the search succeeds at zero.
     known_left: usize,
-    stack: Vec<Frame<M::State>>,
-    seen: HashSet<(Bitset, M::State), BuildHasherDefault<WordHasher>>,
+    stack: Vec<Frame>,
+    /// Every (linearized set, state) configuration already entered.
+    seen: ConfigurationSet,
 }
 
 impl<'a, M: Model> Search<'a, M> {
     fn new(model: &'a M, operations: &'a [Operation<M::Input, M::Output>]) -> Self {
+        let mut states = StateInterner::new();
+        let state = states.intern(model.init());
+        let linearized = Bitset::new(operations.len());
         Search {
             model,
             operations,
             events: EventList::new(operations),
-            state: model.init(),
-            linearized: Bitset::new(operations.len()),
+            states,
+            state,
+            seen: ConfigurationSet::new(linearized.0.len()),
+            linearized,
             known_left: operations.iter().filter(|op| op.is_known()).count(),
             stack: Vec::new(),
-            seen: HashSet::default(),
         }
     }
 
@@ -381,21 +348,26 @@ impl<'a, M: Model> Search<'a, M> {
     /// `first_alternative`. On success the choice is pushed and applied.
     fn try_linearize(&mut self, call_node: usize, first_alternative: usize) -> bool {
         let operation = &self.operations[self.events.operation[call_node]];
+        let state = self.states.get(self.state);
         match &operation.output {
             Some(output) => {
                 if first_alternative > 0 {
                     return false;
                 }
-                match self.model.step(&self.state, &operation.input, output) {
-                    Some(next_state) => self.enter(call_node, next_state, 0),
+                match self.model.step(state, &operation.input, output) {
+                    Some(next_state) => {
+                        let next_state = self.states.intern(next_state);
+                        self.enter(call_node, next_state, 0)
+                    }
                     None => false,
                 }
             }
             None => {
-                let candidates = self.model.step_unknown(&self.state, &operation.input);
+                let candidates = self.model.step_unknown(state, &operation.input);
                 for (alternative, next_state) in
                     candidates.into_iter().enumerate().skip(first_alternative)
                 {
+                    let next_state = self.states.intern(next_state);
                     if self.enter(call_node, next_state, alternative) {
                         return true;
                     }
@@ -407,14 +379,11 @@ impl<'a, M: Model> Search<'a, M> {
 
     /// Linearize the operation of `call_node`, leaving `next_state`, unless that configuration
     /// was already explored.
-    fn enter(&mut self, call_node: usize, next_state: M::State, alternative: usize) -> bool {
-        let index = self.events.operation[call_node];
-        self.linearized.insert(index);
-        if !self
-            .seen
-            .insert((self.linearized.clone(), next_state.clone()))
-        {
-            self.linearized.remove(index);
+    fn enter(&mut self, call_node: usize, next_state: u32, alternative: usize) -> bool {
+        let bit = self.events.bit_of_call[call_node];
+        self.linearized.insert(bit);
+        if !self.seen.insert(&self.linearized.0, next_state) {
+            self.linearized.remove(bit);
             return false;
         }
         let state_before = std::mem::replace(&mut self.state, next_state);
@@ -424,16 +393,17 @@ impl<'a, M: Model> Search<'a, M> {
             alternative,
         });
         self.events.lift(call_node);
-        if self.operations[index].is_known() {
+        if self.operations[self.events.operation[call_node]].is_known() {
             self.known_left -= 1;
         }
         true
     }
 
-    fn undo(&mut self, frame: Frame<M::State>) {
+    fn undo(&mut self, frame: Frame) {
         let index = self.events.operation[frame.call_node];
         self.events.unlift(frame.call_node);
-        self.linearized.remove(index);
+        self.linearized
+            .remove(self.events.bit_of_call[frame.call_node]);
         self.state = frame.state_before;
         if self.operations[index].is_known() {
             self.known_left += 1;

@@ -211,6 +211,58 @@ fn unknown_write_takes_effect_at_most_once() {
 }
 
 #[test]
+fn unknown_write_may_explain_a_failed_cas() {
+    // Only the unknown write of a value nobody reads explains the failure: it must not be
+    // pruned as unobservable.
+    let history = [
+        put("x", "a", 0, 10),
+        unknown(put("x", "z", 20, 0)),
+        cas("x", Some("a"), "b", false, 30, 40),
+    ];
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+    let without = [history[0].clone(), history[2].clone()];
+    assert_eq!(verdict(&without), Verdict::NotLinearizable);
+}
+
+#[test]
+fn unknown_write_may_be_observed_through_an_append() {
+    let history = [
+        put("x", "a", 0, 10),
+        unknown(put("x", "z", 20, 0)),
+        append("x", "+", 30, 40),
+        get("x", Some("z+"), 50, 60),
+    ];
+    assert_eq!(verdict(&history), Verdict::Linearizable);
+}
+
+#[test]
+fn many_unobserved_unknown_writes_do_not_blow_up_the_search() {
+    // Each unknown write could land anywhere later; none is ever read, so none matters, and the
+    // stale read at the end must be found without exploring their 2^40 subsets.
+    let mut history = vec![put("x", "start", 0, 5)];
+    for index in 0..40u64 {
+        history.push(unknown(put("x", &format!("lost-{index}"), 10 + index, 0)));
+        history.push(put(
+            "x",
+            &format!("v{index}"),
+            100 + 20 * index,
+            110 + 20 * index,
+        ));
+        history.push(get(
+            "x",
+            Some(&format!("v{index}")),
+            115 + 20 * index,
+            118 + 20 * index,
+        ));
+    }
+    history.push(get("x", Some("v3"), 2000, 2010));
+    assert_eq!(
+        check_kv(&history, None, Budget::steps(1_000_000)),
+        Verdict::NotLinearizable
+    );
+}
+
+#[test]
 fn history_of_only_unknown_operations_is_linearizable() {
     let history = [
         unknown(put("x", "1", 0, 0)),
