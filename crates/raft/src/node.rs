@@ -65,7 +65,8 @@ pub struct InitialState {
 /// 1. Install `snapshot` (if any), then persist `hard_state` and append `entries` (the first
 ///    entry may overwrite a suffix of the stored log). One sync for all of it.
 /// 2. `messages` may be sent at once, in parallel with step 1.
-/// 3. `messages_after_persist` may be sent only after step 1 is durable.
+/// 3. `messages_after_persist` may be sent only after step 1 is durable, **and the writes of
+///    every earlier Ready too** (a Ready without writes still waits for earlier ones).
 /// 4. Apply `committed_entries` in order, then report with [`RawNode::on_applied`].
 /// 5. Serve each read in `read_states` once the applied index reaches its index.
 ///
@@ -1175,7 +1176,8 @@ impl RawNode {
         let old_commit = self.log.committed();
         self.log.commit_to(quorum_index);
         for index in old_commit + 1..=quorum_index {
-            if index >= self.term_start_index {
+            // The no-op at `term_start_index` was never counted.
+            if index > self.term_start_index {
                 if let Some(entry) = self.log.entry(index) {
                     self.uncommitted_bytes =
                         self.uncommitted_bytes.saturating_sub(entry.size_bytes());

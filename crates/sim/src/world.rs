@@ -1,0 +1,1277 @@
+//! One simulated run: a cluster of skiff-raft members, a faulty network, faulty disks,
+//! clients, and a fault schedule, all driven by one seed on one thread with simulated time.
+//!
+//! Time is in microseconds. Every event goes through one ordered queue keyed by
+//! `(time, sequence)`, so a seed always replays the same way; the trace hash proves it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use skiff_raft::{
+    Config, Entry, EntryKind, HardState, InitialState, Membership, Message, NodeId, PlantedBug,
+    RaftError, RawNode, ReadMode, Role, Rng,
+};
+
+use crate::command::{Applied, Command, KvState, Op, Output};
+use crate::history::{HistoryOp, Outcome};
+
+const MICROS_PER_MILLI: u64 = 1_000;
+
+/// What one run looks like. Everything else is drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The seed.
+    pub seed: u64,
+    /// Cluster size (3, 5 or 7); 0 draws it from the seed.
+    pub nodes: usize,
+    /// Simulated time with faults, in milliseconds.
+    pub fault_ms: u64,
+    /// Simulated time after healing, within which the cluster must recover, in milliseconds.
+    pub heal_ms: u64,
+    /// Print every event.
+    pub trace: bool,
+    /// Plant a known bug (tests of the simulator itself).
+    pub planted_bug: PlantedBug,
+}
+
+impl Options {
+    /// Defaults for `seed`.
+    pub fn new(seed: u64) -> Options {
+        Options {
+            seed,
+            nodes: 0,
+            fault_ms: 6_000,
+            heal_ms: 4_000,
+            trace: false,
+            planted_bug: PlantedBug::None,
+        }
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    /// Which invariant.
+    pub invariant: String,
+    /// Details.
+    pub detail: String,
+    /// Simulated time in microseconds.
+    pub at_micros: u64,
+}
+
+/// Figures of a finished run.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Events processed.
+    pub events: u64,
+    /// Client operations completed with a known result.
+    pub operations_ok: u64,
+    /// Client operations whose outcome stayed unknown.
+    pub operations_unknown: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Crashes among them.
+    pub crashes: u64,
+    /// Messages dropped by faults.
+    pub messages_dropped: u64,
+    /// Leader elections observed.
+    pub elections: u64,
+    /// Hash of the whole trace.
+    pub trace_hash: u64,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Tick { node: NodeId, incarnation: u64 },
+    Deliver(Message),
+    DiskDone { node: NodeId, incarnation: u64 },
+    Request { node: NodeId, request: Request },
+    Response { client: usize, seq: u64, reply: Reply },
+    ClientTimeout { client: usize, seq: u64, attempt: u32 },
+    ClientSend { client: usize, seq: u64 },
+    ClientNext { client: usize },
+    Fault(Fault),
+    Restart { node: NodeId },
+    Heal,
+    LivenessCheck,
+}
+
+#[derive(Clone, Debug)]
+struct Request {
+    client: usize,
+    seq: u64,
+    op: Op,
+    read_mode: ClientRead,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientRead {
+    /// Reads go through the log like writes.
+    Log,
+    /// Reads use ReadIndex (or the lease) on whichever member receives them.
+    ReadIndex,
+}
+
+#[derive(Clone, Debug)]
+enum Reply {
+    Done(Output, Option<u64>),
+    NotLeader(Option<NodeId>),
+    Retry,
+}
+
+#[derive(Clone, Debug)]
+enum Fault {
+    Partition(Partition),
+    HealPartition,
+    Crash { leader: bool, down_ms: u64 },
+    SlowDisk { node: NodeId, until_micros: u64 },
+    Transfer,
+    MessageChaos { drop_percent: u64, duplicate_percent: u64 },
+}
+
+#[derive(Clone, Debug)]
+enum Partition {
+    Split,
+    OneWay,
+    LeaderIsolated,
+    Bridge,
+}
+
+struct DiskWrite {
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    after_persist: Vec<Message>,
+    done_at: u64,
+}
+
+struct SimNode {
+    id: NodeId,
+    incarnation: u64,
+    raw: Option<RawNode>,
+    durable_hard_state: HardState,
+    durable_entries: Vec<Entry>,
+    disk: VecDeque<DiskWrite>,
+    disk_slow_until: u64,
+    kv: KvState,
+    applied_index: u64,
+    tick_micros: u64,
+    pending_commands: BTreeSet<(usize, u64)>,
+    pending_reads: BTreeMap<u64, (usize, u64, String)>,
+    waiting_reads: Vec<(u64, usize, u64, String)>,
+    next_read_context: u64,
+    last_commit: u64,
+    checked_commit: u64,
+    last_role: Role,
+}
+
+struct ClientOp {
+    seq: u64,
+    op: Op,
+    read_mode: ClientRead,
+    invoke: u64,
+    attempts: u32,
+}
+
+struct Client {
+    target: NodeId,
+    seq: u64,
+    current: Option<ClientOp>,
+    completed: u64,
+}
+
+/// The simulated world of one seed.
+pub struct World {
+    options: Options,
+    rng: Rng,
+    now: u64,
+    sequence: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    membership: Membership,
+    config: Config,
+    clients: Vec<Client>,
+    keys: Vec<String>,
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    drop_percent: u64,
+    duplicate_percent: u64,
+    healed: bool,
+    heal_time: u64,
+    max_attempts: u32,
+    log_read_percent: u64,
+    // checkers
+    leaders_by_term: BTreeMap<u64, NodeId>,
+    committed: Vec<(u64, u64)>,
+    acknowledged: BTreeMap<u64, (usize, u64)>,
+    history: Vec<HistoryOp>,
+    violation: Option<Violation>,
+    stats: RunStats,
+    trace_tail: VecDeque<String>,
+}
+
+const TRACE_TAIL_LINES: usize = 60;
+
+fn entry_hash(entry: &Entry) -> u64 {
+    let mut hash = Fnv::new();
+    hash.write_u64(entry.term);
+    hash.write_u64(entry.index);
+    hash.write_u64(entry.kind.code() as u64);
+    hash.write(&entry.data);
+    hash.finish()
+}
+
+/// FNV-1a, 64 bits: a stable hash (std's hasher is not guaranteed stable across releases).
+pub struct Fnv(u64);
+
+impl Fnv {
+    /// A fresh hasher.
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    /// Feeds bytes.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= *byte as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    /// Feeds a number.
+    pub fn write_u64(&mut self, value: u64) {
+        self.write(&value.to_le_bytes());
+    }
+    /// The hash.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv::new()
+    }
+}
+
+impl World {
+    /// Builds the world for `options.seed`.
+    pub fn new(options: Options) -> World {
+        let mut rng = Rng::new(options.seed);
+        let size = match options.nodes {
+            0 => [3, 5, 7][rng.range(0, 3) as usize],
+            size => size,
+        } as u64;
+        let membership = Membership::new(1..=size);
+        let mut config = Config::new(1);
+        config.election_ticks = 10;
+        config.heartbeat_ticks = 1;
+        config.read_mode = if rng.chance(1, 2) {
+            ReadMode::LeaseBased
+        } else {
+            ReadMode::Safe
+        };
+        config.max_inflight_messages = [1, 4, 64, 256][rng.range(0, 4) as usize];
+        config.max_message_bytes = [150, 1_000, 1 << 20][rng.range(0, 3) as usize];
+        config.max_uncommitted_bytes = [600, 1 << 20][rng.range(0, 2) as usize];
+        config.max_apply_bytes = [100, 1 << 20][rng.range(0, 2) as usize];
+        config.planted_bug = options.planted_bug;
+        let mut nodes = BTreeMap::new();
+        for id in 1..=size {
+            // Clock skew: each member's tick runs up to 5% fast or slow.
+            let tick_micros = 10_000 * (950 + rng.range(0, 101)) / 1_000;
+            nodes.insert(
+                id,
+                SimNode {
+                    id,
+                    incarnation: 0,
+                    raw: None,
+                    durable_hard_state: HardState::default(),
+                    durable_entries: Vec::new(),
+                    disk: VecDeque::new(),
+                    disk_slow_until: 0,
+                    kv: KvState::default(),
+                    applied_index: 0,
+                    tick_micros,
+                    pending_commands: BTreeSet::new(),
+                    pending_reads: BTreeMap::new(),
+                    waiting_reads: Vec::new(),
+                    next_read_context: 0,
+                    last_commit: 0,
+                    checked_commit: 0,
+                    last_role: Role::Follower,
+                },
+            );
+        }
+        let client_count = rng.range(3, 7) as usize;
+        let clients = (0..client_count)
+            .map(|_| Client {
+                target: rng.range(1, size + 1),
+                seq: 0,
+                current: None,
+                completed: 0,
+            })
+            .collect();
+        let keys = (0..rng.range(1, 4)).map(|key| format!("k{key}")).collect();
+        let log_read_percent = [0, 50, 100][rng.range(0, 3) as usize];
+        let max_attempts = rng.range(2, 6) as u32;
+        let mut world = World {
+            options,
+            rng,
+            now: 0,
+            sequence: 0,
+            queue: BTreeMap::new(),
+            nodes,
+            membership,
+            config,
+            clients,
+            keys,
+            blocked: BTreeSet::new(),
+            drop_percent: 0,
+            duplicate_percent: 0,
+            healed: false,
+            heal_time: 0,
+            max_attempts,
+            log_read_percent,
+            leaders_by_term: BTreeMap::new(),
+            committed: Vec::new(),
+            acknowledged: BTreeMap::new(),
+            history: Vec::new(),
+            violation: None,
+            stats: RunStats::default(),
+            trace_tail: VecDeque::new(),
+        };
+        world.trace(format!(
+            "setup nodes={size} clients={client_count} keys={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}%",
+            world.keys.len(),
+            world.config.read_mode,
+            world.config.max_inflight_messages,
+            world.config.max_message_bytes,
+            world.config.max_uncommitted_bytes,
+            world.log_read_percent,
+        ));
+        let ids: Vec<NodeId> = world.nodes.keys().copied().collect();
+        for id in ids {
+            world.start_node(id);
+        }
+        for client in 0..world.clients.len() {
+            let delay = world.rng.range(0, 50 * MICROS_PER_MILLI);
+            world.schedule(delay, Event::ClientNext { client });
+        }
+        world.schedule_faults();
+        world
+    }
+
+    fn schedule(&mut self, delay: u64, event: Event) {
+        self.sequence += 1;
+        self.queue.insert((self.now + delay, self.sequence), event);
+    }
+
+    fn trace(&mut self, line: String) {
+        let mut hash = Fnv::new();
+        hash.write_u64(self.stats.trace_hash);
+        hash.write_u64(self.now);
+        hash.write(line.as_bytes());
+        self.stats.trace_hash = hash.finish();
+        let line = format!("{:>9.3}ms {line}", self.now as f64 / 1_000.0);
+        if self.options.trace {
+            println!("{line}");
+        }
+        if self.trace_tail.len() == TRACE_TAIL_LINES {
+            self.trace_tail.pop_front();
+        }
+        self.trace_tail.push_back(line);
+    }
+
+    fn violate(&mut self, invariant: &str, detail: String) {
+        if self.violation.is_none() {
+            self.trace(format!("VIOLATION {invariant}: {detail}"));
+            self.violation = Some(Violation {
+                invariant: invariant.to_string(),
+                detail,
+                at_micros: self.now,
+            });
+        }
+    }
+
+    /// The last lines of the trace.
+    pub fn trace_tail(&self) -> Vec<String> {
+        self.trace_tail.iter().cloned().collect()
+    }
+
+    // ----- fault schedule --------------------------------------------------------------
+
+    fn schedule_faults(&mut self) {
+        let fault_micros = self.options.fault_ms * MICROS_PER_MILLI;
+        let count = self.rng.range(4, 16);
+        for _ in 0..count {
+            let at = self.rng.range(200 * MICROS_PER_MILLI, fault_micros.max(201 * MICROS_PER_MILLI));
+            let fault = match self.rng.range(0, 9) {
+                0 => Fault::Partition(Partition::Split),
+                1 => Fault::Partition(Partition::OneWay),
+                2 => Fault::Partition(Partition::LeaderIsolated),
+                3 => Fault::Partition(Partition::Bridge),
+                4 => Fault::Crash {
+                    leader: self.rng.chance(1, 2),
+                    down_ms: self.rng.range(0, 2_000),
+                },
+                5 => {
+                    let node = self.rng.range(1, self.nodes.len() as u64 + 1);
+                    Fault::SlowDisk {
+                        node,
+                        until_micros: at + self.rng.range(100, 1_500) * MICROS_PER_MILLI,
+                    }
+                }
+                6 => Fault::Transfer,
+                7 => Fault::MessageChaos {
+                    drop_percent: self.rng.range(0, 30),
+                    duplicate_percent: self.rng.range(0, 10),
+                },
+                _ => Fault::HealPartition,
+            };
+            self.sequence += 1;
+            self.queue.insert((at, self.sequence), Event::Fault(fault));
+        }
+        self.sequence += 1;
+        self.queue.insert((fault_micros, self.sequence), Event::Heal);
+        self.sequence += 1;
+        let check_at = fault_micros + self.options.heal_ms * MICROS_PER_MILLI;
+        self.queue.insert((check_at, self.sequence), Event::LivenessCheck);
+    }
+
+    fn current_leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|node| node.raw.as_ref().map(|raw| (node.id, raw.status())))
+            .filter(|(_, status)| status.role == Role::Leader)
+            .max_by_key(|(_, status)| status.term)
+            .map(|(id, _)| id)
+    }
+
+    fn random_node(&mut self) -> NodeId {
+        self.rng.range(1, self.nodes.len() as u64 + 1)
+    }
+
+    fn apply_fault(&mut self, fault: Fault) {
+        if self.healed {
+            return;
+        }
+        self.stats.faults += 1;
+        self.trace(format!("fault {fault:?}"));
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        match fault {
+            Fault::Partition(kind) => {
+                self.blocked.clear();
+                match kind {
+                    Partition::Split => {
+                        let side: BTreeSet<NodeId> =
+                            ids.iter().copied().filter(|_| self.rng.chance(1, 2)).collect();
+                        for a in &ids {
+                            for b in &ids {
+                                if side.contains(a) != side.contains(b) {
+                                    self.blocked.insert((*a, *b));
+                                }
+                            }
+                        }
+                    }
+                    Partition::OneWay => {
+                        for _ in 0..self.rng.range(1, 4) {
+                            let (a, b) = (self.random_node(), self.random_node());
+                            if a != b {
+                                self.blocked.insert((a, b));
+                            }
+                        }
+                    }
+                    Partition::LeaderIsolated => {
+                        if let Some(leader) = self.current_leader() {
+                            for other in &ids {
+                                if *other != leader {
+                                    self.blocked.insert((leader, *other));
+                                    self.blocked.insert((*other, leader));
+                                }
+                            }
+                        }
+                    }
+                    Partition::Bridge => {
+                        let bridge = self.random_node();
+                        let side: BTreeSet<NodeId> =
+                            ids.iter().copied().filter(|_| self.rng.chance(1, 2)).collect();
+                        for a in &ids {
+                            for b in &ids {
+                                if *a != bridge && *b != bridge && side.contains(a) != side.contains(b) {
+                                    self.blocked.insert((*a, *b));
+                                }
+                            }
+                        }
+                    }
+                }
+                self.trace(format!("blocked links {:?}", self.blocked));
+            }
+            Fault::HealPartition => self.blocked.clear(),
+            Fault::Crash { leader, down_ms } => {
+                let target = if leader {
+                    self.current_leader()
+                } else {
+                    Some(self.random_node())
+                };
+                if let Some(node) = target {
+                    if self.nodes[&node].raw.is_some() {
+                        self.crash(node);
+                        self.schedule(down_ms * MICROS_PER_MILLI, Event::Restart { node });
+                    }
+                }
+            }
+            Fault::SlowDisk { node, until_micros } => {
+                self.nodes.get_mut(&node).expect("member").disk_slow_until = until_micros;
+            }
+            Fault::Transfer => {
+                if let Some(leader) = self.current_leader() {
+                    let target = self.random_node();
+                    let node = self.nodes.get_mut(&leader).expect("member");
+                    let result = node.raw.as_mut().expect("up").transfer_leader(target);
+                    self.trace(format!("transfer {leader} -> {target}: {result:?}"));
+                    self.process(leader);
+                }
+            }
+            Fault::MessageChaos {
+                drop_percent,
+                duplicate_percent,
+            } => {
+                self.drop_percent = drop_percent;
+                self.duplicate_percent = duplicate_percent;
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.trace("heal: links restored, crashed members restarted, no message loss".into());
+        self.healed = true;
+        self.heal_time = self.now;
+        self.blocked.clear();
+        self.drop_percent = 0;
+        self.duplicate_percent = 0;
+        let down: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|node| node.raw.is_none())
+            .map(|node| node.id)
+            .collect();
+        for node in down {
+            self.start_node(node);
+        }
+        for node in self.nodes.values_mut() {
+            node.disk_slow_until = 0;
+        }
+    }
+
+    fn liveness_check(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            let detail = format!("no leader {} ms after healing", self.options.heal_ms);
+            self.violate("liveness", detail);
+            return;
+        };
+        let status = self.nodes[&leader].raw.as_ref().expect("up").status();
+        if self.committed.len() < status.commit as usize
+            || self.nodes[&leader].raw.as_ref().expect("up").term_of(status.commit) != Some(status.term)
+        {
+            let detail = format!("leader {leader} has not committed in its term {}", status.term);
+            self.violate("liveness", detail);
+            return;
+        }
+        for (index, client) in self.clients.iter().enumerate() {
+            if let Some(op) = &client.current {
+                if op.invoke < self.heal_time {
+                    let detail = format!(
+                        "client {index} operation {} invoked at {}us still pending {} ms after healing",
+                        op.seq, op.invoke, self.options.heal_ms
+                    );
+                    self.violate("liveness", detail);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ----- members ---------------------------------------------------------------------
+
+    fn start_node(&mut self, id: NodeId) {
+        let mut config = self.config.clone();
+        config.id = id;
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.incarnation += 1;
+        config.random_seed = self.options.seed ^ (id << 32) ^ node.incarnation;
+        let initial = InitialState {
+            hard_state: node.durable_hard_state,
+            snapshot: None,
+            entries: node.durable_entries.clone(),
+            membership: self.membership.clone(),
+            applied: 0,
+        };
+        node.raw = Some(RawNode::new(config, initial).expect("valid config"));
+        node.kv = KvState::default();
+        node.applied_index = 0;
+        node.last_commit = 0;
+        node.checked_commit = 0;
+        node.last_role = Role::Follower;
+        let incarnation = node.incarnation;
+        let tick = node.tick_micros;
+        self.trace(format!("start n{id} incarnation {incarnation}"));
+        let offset = self.rng.range(0, tick);
+        self.schedule(offset, Event::Tick { node: id, incarnation });
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        self.stats.crashes += 1;
+        let torn = self.rng.chance(1, 3);
+        let keep = self.rng.range(0, 1_000);
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.raw = None;
+        node.pending_commands.clear();
+        node.pending_reads.clear();
+        node.waiting_reads.clear();
+        // Unsynced writes are lost; a torn write may leave a prefix of the oldest one's
+        // entries (but never its hard state, which is written last).
+        let mut kept = 0;
+        if let Some(write) = node.disk.front() {
+            if torn && !write.entries.is_empty() {
+                kept = keep as usize % (write.entries.len() + 1);
+                let entries = write.entries[..kept].to_vec();
+                append_durable(&mut node.durable_entries, &entries);
+            }
+        }
+        node.disk.clear();
+        self.trace(format!("crash n{id} (torn write kept {kept} entries)"));
+    }
+
+    fn disk_latency(&mut self, node: NodeId) -> u64 {
+        let slow = self.nodes[&node].disk_slow_until > self.now;
+        let base = self.rng.range(50, 400);
+        if slow {
+            base + self.rng.range(5_000, 50_000)
+        } else if self.rng.chance(1, 100) {
+            base + self.rng.range(1_000, 10_000)
+        } else {
+            base
+        }
+    }
+
+    /// Takes and carries out every Ready of `id`, checking invariants as it goes.
+    fn process(&mut self, id: NodeId) {
+        for _ in 0..64 {
+            let Some(raw) = self.nodes.get_mut(&id).and_then(|node| node.raw.as_mut()) else {
+                return;
+            };
+            if !raw.has_ready() {
+                break;
+            }
+            let ready = raw.ready();
+            if let Some(soft) = ready.soft_state {
+                self.trace(format!(
+                    "n{id} {:?} term {} leader {:?}",
+                    soft.role, soft.term, soft.leader
+                ));
+                if soft.role == Role::Leader {
+                    self.on_leader(id, soft.term);
+                }
+                self.nodes.get_mut(&id).expect("member").last_role = soft.role;
+            }
+            let needs_disk = ready.hard_state.is_some() || !ready.entries.is_empty();
+            for message in ready.messages {
+                self.send(message);
+            }
+            if needs_disk {
+                let latency = self.disk_latency(id);
+                let node = self.nodes.get_mut(&id).expect("member");
+                let previous = node.disk.back().map_or(0, |write| write.done_at);
+                let done_at = previous.max(self.now) + latency;
+                node.disk.push_back(DiskWrite {
+                    hard_state: ready.hard_state,
+                    entries: ready.entries,
+                    after_persist: ready.messages_after_persist,
+                    done_at,
+                });
+                let incarnation = node.incarnation;
+                self.schedule(done_at - self.now, Event::DiskDone { node: id, incarnation });
+            } else if let Some(pending) = self
+                .nodes
+                .get_mut(&id)
+                .expect("member")
+                .disk
+                .back_mut()
+            {
+                // Nothing new to write, but an earlier write these messages rely on may
+                // still be in flight: they leave when it is durable.
+                pending.after_persist.extend(ready.messages_after_persist);
+            } else {
+                for message in ready.messages_after_persist {
+                    self.send(message);
+                }
+            }
+            self.apply(id, ready.committed_entries);
+            for read in ready.read_states {
+                self.on_read_state(id, read.context, read.index);
+            }
+            self.release_reads(id);
+        }
+        self.check_node(id);
+    }
+
+    fn on_leader(&mut self, id: NodeId, term: u64) {
+        self.stats.elections += 1;
+        if let Some(other) = self.leaders_by_term.insert(term, id) {
+            if other != id {
+                self.violate("election safety", format!("n{other} and n{id} both lead term {term}"));
+                return;
+            }
+        }
+        // Leader completeness: the new leader holds every committed entry.
+        let raw = self.nodes[&id].raw.as_ref().expect("up");
+        for (offset, (entry_term, hash)) in self.committed.iter().enumerate() {
+            let index = offset as u64 + 1;
+            match raw.entry(index) {
+                Some(entry) if entry.term == *entry_term && entry_hash(entry) == *hash => {}
+                other => {
+                    let detail = format!(
+                        "leader n{id} of term {term} lacks committed entry {index} (term {entry_term}); has {:?}",
+                        other.map(|entry| entry.term)
+                    );
+                    self.violate("leader completeness", detail);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn check_node(&mut self, id: NodeId) {
+        let node = &self.nodes[&id];
+        let Some(raw) = node.raw.as_ref() else {
+            return;
+        };
+        let status = raw.status();
+        if status.commit < node.last_commit {
+            let detail = format!("n{id} commit went from {} to {}", node.last_commit, status.commit);
+            self.violate("commit monotonic", detail);
+            return;
+        }
+        let mut problem = None;
+        let mut new_committed = Vec::new();
+        for index in node.checked_commit + 1..=status.commit {
+            let entry = raw.entry(index).expect("committed entry is held");
+            let hash = entry_hash(entry);
+            match self.committed.get(index as usize - 1) {
+                Some((term, known)) if *term == entry.term && *known == hash => {}
+                Some((term, _)) => {
+                    problem = Some(format!(
+                        "n{id} committed entry {index} of term {} but the cluster committed term {term}",
+                        entry.term
+                    ));
+                    break;
+                }
+                None => {
+                    assert_eq!(self.committed.len() + new_committed.len(), index as usize - 1);
+                    new_committed.push((entry.term, hash));
+                }
+            }
+        }
+        if let Some(detail) = problem {
+            self.violate("state machine safety (commit)", detail);
+            return;
+        }
+        self.committed.extend(new_committed);
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.last_commit = status.commit;
+        node.checked_commit = status.commit;
+        if status.role == Role::Leader {
+            if let Some(other) = self.leaders_by_term.get(&status.term) {
+                if *other != id {
+                    let detail = format!("n{other} and n{id} both lead term {}", status.term);
+                    self.violate("election safety", detail);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|entry| entry.index) else {
+            return;
+        };
+        for entry in entries {
+            let node = self.nodes.get_mut(&id).expect("member");
+            if entry.index != node.applied_index + 1 {
+                let detail = format!("n{id} applied {} after {}", entry.index, node.applied_index);
+                self.violate("apply order", detail);
+                return;
+            }
+            node.applied_index = entry.index;
+            // State machine safety: compare with what the cluster committed at this index.
+            match self.committed.get(entry.index as usize - 1) {
+                Some((term, hash)) if *term == entry.term && *hash == entry_hash(&entry) => {}
+                Some((term, _)) => {
+                    let detail = format!(
+                        "n{id} applies entry {} of term {} where term {term} was committed",
+                        entry.index, entry.term
+                    );
+                    self.violate("state machine safety", detail);
+                    return;
+                }
+                None => {
+                    if self.committed.len() as u64 + 1 == entry.index {
+                        self.committed.push((entry.term, entry_hash(&entry)));
+                    } else {
+                        let detail = format!("n{id} applies entry {} beyond the known commit", entry.index);
+                        self.violate("state machine safety", detail);
+                        return;
+                    }
+                }
+            }
+            if entry.kind != EntryKind::Normal {
+                continue;
+            }
+            let Some(command) = Command::decode(&entry.data) else {
+                self.violate("decode", format!("n{id} entry {} is not a command", entry.index));
+                return;
+            };
+            let node = self.nodes.get_mut(&id).expect("member");
+            let output = match node.kv.apply(&command) {
+                Ok(Applied::Executed(output)) | Ok(Applied::Duplicate(output)) => Some(output),
+                Ok(Applied::Stale) => None,
+                Err(detail) => {
+                    self.violate("exactly once", format!("n{id}: {detail}"));
+                    return;
+                }
+            };
+            if let Some(output) = output {
+                if node.pending_commands.remove(&(command.client as usize, command.seq)) {
+                    let reply = Reply::Done(output, Some(entry.index));
+                    self.reply(command.client as usize, command.seq, reply);
+                }
+            }
+        }
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.raw.as_mut().expect("up").on_applied(last);
+    }
+
+    fn on_read_state(&mut self, id: NodeId, context: u64, index: Option<u64>) {
+        let node = self.nodes.get_mut(&id).expect("member");
+        let Some((client, seq, key)) = node.pending_reads.remove(&context) else {
+            return;
+        };
+        match index {
+            Some(index) => node.waiting_reads.push((index, client, seq, key)),
+            None => self.reply(client, seq, Reply::Retry),
+        }
+    }
+
+    fn release_reads(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("member");
+        let applied = node.applied_index;
+        let (ready, waiting): (Vec<_>, Vec<_>) = node
+            .waiting_reads
+            .drain(..)
+            .partition(|(index, ..)| *index <= applied);
+        node.waiting_reads = waiting;
+        let answers: Vec<(usize, u64, Option<String>)> = ready
+            .into_iter()
+            .map(|(_, client, seq, key)| (client, seq, node.kv.get(&key)))
+            .collect();
+        for (client, seq, value) in answers {
+            self.reply(client, seq, Reply::Done(Output::Value(value), None));
+        }
+    }
+
+    fn reply(&mut self, client: usize, seq: u64, reply: Reply) {
+        let delay = self.rng.range(100, 1_000);
+        self.schedule(delay, Event::Response { client, seq, reply });
+    }
+
+    // ----- network ---------------------------------------------------------------------
+
+    fn send(&mut self, message: Message) {
+        if self.blocked.contains(&(message.from, message.to))
+            || (self.drop_percent > 0 && self.rng.chance(self.drop_percent, 100))
+        {
+            self.stats.messages_dropped += 1;
+            return;
+        }
+        let copies = if self.duplicate_percent > 0 && self.rng.chance(self.duplicate_percent, 100) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.network_delay();
+            self.schedule(delay, Event::Deliver(message.clone()));
+        }
+    }
+
+    /// Loopback-like latency with a long tail.
+    fn network_delay(&mut self) -> u64 {
+        let base = self.rng.range(100, 1_000);
+        let roll = self.rng.range(0, 1_000);
+        if roll < 10 {
+            base + self.rng.range(50_000, 400_000)
+        } else if roll < 60 {
+            base + self.rng.range(2_000, 40_000)
+        } else {
+            base
+        }
+    }
+
+    // ----- clients ---------------------------------------------------------------------
+
+    fn next_operation(&mut self, client: usize) {
+        let key = self.keys[self.rng.range(0, self.keys.len() as u64) as usize].clone();
+        let seq = self.clients[client].seq + 1;
+        self.clients[client].seq = seq;
+        let value = format!("c{client}s{seq}");
+        let op = match self.rng.range(0, 10) {
+            0..=3 => Op::Get { key },
+            4..=6 => Op::Put { key, value },
+            _ => {
+                // Expect a value this key may hold: absent, or a recent value of any client.
+                let from = if self.rng.chance(1, 4) {
+                    None
+                } else {
+                    let other = self.rng.range(0, self.clients.len() as u64) as usize;
+                    let back = self.rng.range(0, 3);
+                    let other_seq = self.clients[other].seq.saturating_sub(back).max(1);
+                    Some(format!("c{other}s{other_seq}"))
+                };
+                Op::Cas { key, from, to: value }
+            }
+        };
+        let read_mode = if self.rng.chance(self.log_read_percent, 100) {
+            ClientRead::Log
+        } else {
+            ClientRead::ReadIndex
+        };
+        self.clients[client].current = Some(ClientOp {
+            seq,
+            op,
+            read_mode,
+            invoke: self.now,
+            attempts: 0,
+        });
+        self.client_send(client, seq);
+    }
+
+    fn client_send(&mut self, client: usize, seq: u64) {
+        let Some(op) = self.clients[client].current.as_mut() else {
+            return;
+        };
+        if op.seq != seq {
+            return;
+        }
+        op.attempts += 1;
+        let attempt = op.attempts;
+        let request = Request {
+            client,
+            seq,
+            op: op.op.clone(),
+            read_mode: op.read_mode,
+        };
+        let node = self.clients[client].target;
+        let delay = self.rng.range(100, 1_000);
+        self.schedule(delay, Event::Request { node, request });
+        self.schedule(300 * MICROS_PER_MILLI, Event::ClientTimeout { client, seq, attempt });
+    }
+
+    fn on_request(&mut self, id: NodeId, request: Request) {
+        let node = self.nodes.get_mut(&id).expect("member");
+        let Some(raw) = node.raw.as_mut() else {
+            return; // down: the client times out
+        };
+        let Request {
+            client,
+            seq,
+            op,
+            read_mode,
+        } = request;
+        let result = match (&op, read_mode) {
+            (Op::Get { key }, ClientRead::ReadIndex) => {
+                node.next_read_context += 1;
+                let context = node.next_read_context;
+                let result = raw.read_index(context);
+                if result.is_ok() {
+                    node.pending_reads.insert(context, (client, seq, key.clone()));
+                }
+                result
+            }
+            _ => {
+                let command = Command {
+                    client: client as u64,
+                    seq,
+                    op,
+                };
+                let result = raw.propose(command.encode()).map(|_| ());
+                if result.is_ok() {
+                    node.pending_commands.insert((client, seq));
+                }
+                result
+            }
+        };
+        if self.options.trace {
+            self.trace(format!("n{id} request {client}:{seq} -> {result:?}"));
+        }
+        match result {
+            Ok(()) => self.process(id),
+            Err(RaftError::NotLeader { leader }) => self.reply(client, seq, Reply::NotLeader(leader)),
+            Err(_) => self.reply(client, seq, Reply::Retry),
+        }
+    }
+
+    fn on_response(&mut self, client: usize, seq: u64, reply: Reply) {
+        let Some(op) = self.clients[client].current.as_ref() else {
+            return;
+        };
+        if op.seq != seq {
+            return;
+        }
+        match reply {
+            Reply::Done(output, index) => {
+                let op = self.clients[client].current.take().expect("checked");
+                self.trace(format!("client {client} op {seq} {:?} -> {output:?}", op.op));
+                if op.op.is_write() {
+                    if let Some(index) = index {
+                        self.acknowledged.insert(index, (client, seq));
+                    }
+                }
+                self.history.push(HistoryOp {
+                    client,
+                    op: op.op,
+                    invoke: op.invoke,
+                    outcome: Outcome::Returned {
+                        output,
+                        at: self.now,
+                    },
+                });
+                self.stats.operations_ok += 1;
+                self.clients[client].completed += 1;
+                let think = self.rng.range(0, 20 * MICROS_PER_MILLI);
+                self.schedule(think, Event::ClientNext { client });
+            }
+            Reply::NotLeader(hint) => {
+                let target = match hint {
+                    Some(leader) => leader,
+                    None => self.random_node(),
+                };
+                self.clients[client].target = target;
+                let delay = if hint.is_some() { 1_000 } else { 20 * MICROS_PER_MILLI };
+                self.schedule(delay, Event::ClientSend { client, seq });
+            }
+            Reply::Retry => {
+                let delay = self.rng.range(5, 30) * MICROS_PER_MILLI;
+                self.schedule(delay, Event::ClientSend { client, seq });
+            }
+        }
+    }
+
+    fn on_client_timeout(&mut self, client: usize, seq: u64, attempt: u32) {
+        let Some(op) = self.clients[client].current.as_ref() else {
+            return;
+        };
+        if op.seq != seq || op.attempts != attempt {
+            return;
+        }
+        if op.attempts >= self.max_attempts && !self.healed {
+            let op = self.clients[client].current.take().expect("checked");
+            self.trace(format!("client {client} gives up op {seq} {:?}", op.op));
+            if op.op.is_write() {
+                // The write may or may not take effect, at any time from now on.
+                self.history.push(HistoryOp {
+                    client,
+                    op: op.op,
+                    invoke: op.invoke,
+                    outcome: Outcome::Unknown,
+                });
+                self.stats.operations_unknown += 1;
+            }
+            self.schedule(0, Event::ClientNext { client });
+            return;
+        }
+        self.clients[client].target = self.random_node();
+        self.client_send(client, seq);
+    }
+
+    // ----- main loop -------------------------------------------------------------------
+
+    /// Runs the whole schedule. Returns the first violation, if any.
+    pub fn run(&mut self) -> Option<Violation> {
+        let end = (self.options.fault_ms + self.options.heal_ms) * MICROS_PER_MILLI;
+        while let Some(((time, _), event)) = self.queue.pop_first() {
+            if time > end {
+                break;
+            }
+            self.now = time;
+            self.stats.events += 1;
+            self.handle(event);
+            if self.violation.is_some() {
+                break;
+            }
+        }
+        if self.violation.is_none() {
+            self.final_checks();
+        }
+        self.violation.clone()
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick { node, incarnation } => {
+                let sim_node = self.nodes.get_mut(&node).expect("member");
+                if sim_node.incarnation != incarnation || sim_node.raw.is_none() {
+                    return;
+                }
+                sim_node.raw.as_mut().expect("up").tick();
+                let interval = sim_node.tick_micros;
+                self.schedule(interval, Event::Tick { node, incarnation });
+                self.process(node);
+            }
+            Event::Deliver(message) => {
+                let to = message.to;
+                if self.options.trace {
+                    self.trace(format!("deliver n{}->n{} t{} {}", message.from, to, message.term, debug_body(&message.body)));
+                }
+                let Some(raw) = self.nodes.get_mut(&to).and_then(|node| node.raw.as_mut()) else {
+                    return;
+                };
+                raw.step(message);
+                self.process(to);
+            }
+            Event::DiskDone { node, incarnation } => self.disk_done(node, incarnation),
+            Event::Request { node, request } => self.on_request(node, request),
+            Event::Response { client, seq, reply } => self.on_response(client, seq, reply),
+            Event::ClientTimeout {
+                client,
+                seq,
+                attempt,
+            } => self.on_client_timeout(client, seq, attempt),
+            Event::ClientSend { client, seq } => self.client_send(client, seq),
+            Event::ClientNext { client } => {
+                if self.clients[client].current.is_none() {
+                    self.next_operation(client);
+                }
+            }
+            Event::Fault(fault) => self.apply_fault(fault),
+            Event::Restart { node } => {
+                if self.nodes[&node].raw.is_none() {
+                    self.start_node(node);
+                }
+            }
+            Event::Heal => self.heal(),
+            Event::LivenessCheck => self.liveness_check(),
+        }
+    }
+
+    fn disk_done(&mut self, id: NodeId, incarnation: u64) {
+        let node = self.nodes.get_mut(&id).expect("member");
+        if node.incarnation != incarnation || node.raw.is_none() {
+            return;
+        }
+        let Some(write) = node.disk.front() else {
+            return;
+        };
+        if write.done_at > self.now {
+            return;
+        }
+        let write = node.disk.pop_front().expect("checked");
+        if let Some(hard_state) = write.hard_state {
+            if hard_state.term < node.durable_hard_state.term {
+                let detail = format!("n{id} persisted term {} after {}", hard_state.term, node.durable_hard_state.term);
+                self.violate("durable term monotonic", detail);
+                return;
+            }
+            node.durable_hard_state = hard_state;
+        }
+        append_durable(&mut node.durable_entries, &write.entries);
+        let raw = node.raw.as_mut().expect("up");
+        if let Some(last) = write.entries.last() {
+            raw.on_persisted(last.index, last.term);
+        }
+        for message in write.after_persist {
+            self.send(message);
+        }
+        self.process(id);
+    }
+
+    fn final_checks(&mut self) {
+        // Log matching: any two members whose logs hold an entry with the same index and
+        // term hold identical logs up to it.
+        let logs: Vec<(NodeId, Vec<(u64, u64)>)> = self
+            .nodes
+            .values()
+            .filter_map(|node| {
+                let raw = node.raw.as_ref()?;
+                let last = raw.status().last_index;
+                Some((
+                    node.id,
+                    (1..=last)
+                        .map(|index| {
+                            let entry = raw.entry(index).expect("held");
+                            (entry.term, entry_hash(entry))
+                        })
+                        .collect(),
+                ))
+            })
+            .collect();
+        for (position, (a, log_a)) in logs.iter().enumerate() {
+            for (b, log_b) in &logs[position + 1..] {
+                let common = log_a.len().min(log_b.len());
+                if let Some(last_match) = (0..common).rev().find(|i| log_a[*i].0 == log_b[*i].0) {
+                    if log_a[..=last_match] != log_b[..=last_match] {
+                        let detail = format!("n{a} and n{b} agree on entry {} but differ before it", last_match + 1);
+                        self.violate("log matching", detail);
+                        return;
+                    }
+                }
+            }
+        }
+        // No acknowledged write lost: each is committed at the index it was acknowledged at.
+        for (index, (client, seq)) in self.acknowledged.clone() {
+            let Some(leader) = self.current_leader() else {
+                break;
+            };
+            let raw = self.nodes[&leader].raw.as_ref().expect("up");
+            let command = raw.entry(index).and_then(|entry| Command::decode(&entry.data));
+            match command {
+                Some(command) if command.client == client as u64 && command.seq == seq => {}
+                other => {
+                    let detail = format!(
+                        "write {client}:{seq} acknowledged at index {index}; the leader n{leader} holds {other:?}"
+                    );
+                    self.violate("acknowledged write lost", detail);
+                    return;
+                }
+            }
+        }
+        // Linearizability of the whole client history.
+        match crate::history::check(&self.history) {
+            Ok(()) => {}
+            Err(detail) => self.violate("linearizability", detail),
+        }
+    }
+
+    /// Figures of the run so far.
+    pub fn stats(&self) -> RunStats {
+        self.stats.clone()
+    }
+}
+
+fn append_durable(log: &mut Vec<Entry>, entries: &[Entry]) {
+    let Some(first) = entries.first() else {
+        return;
+    };
+    assert!(first.index as usize <= log.len() + 1, "durable log gap");
+    log.truncate(first.index as usize - 1);
+    log.extend_from_slice(entries);
+}
+
+fn debug_body(body: &skiff_raft::MessageBody) -> String {
+    match body {
+        skiff_raft::MessageBody::AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            commit,
+        } => format!(
+            "AppendEntries prev=({prev_log_index},{prev_log_term}) entries={} commit={commit}",
+            entries.len()
+        ),
+        other => format!("{other:?}"),
+    }
+}
