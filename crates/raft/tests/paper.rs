@@ -483,6 +483,19 @@ fn vote_is_granted_only_to_a_log_at_least_as_up_to_date() {
 }
 
 #[test]
+fn up_to_date_check_catches_a_voter_that_compares_log_length_only() {
+    // The known bug planted: the longer log of an older term gets the vote, which the
+    // assertions above forbid.
+    let mut node = member(1, 3, log_of(&[1, 1, 2]), 2, |config| Config {
+        planted_bug: PlantedBug::VoteByLogLength,
+        ..plain(config)
+    });
+    node.ready();
+    node.step(message(2, 1, 3, vote_request(5, 1)));
+    assert_eq!(node.status().vote, Some(2));
+}
+
+#[test]
 fn longer_log_with_an_older_last_term_cannot_become_leader() {
     let mut cluster = Cluster::new(3, |config| config);
     let hard_state = HardState {
