@@ -1007,6 +1007,34 @@ fn granted_vote_is_sent_only_after_persisting_it() {
 }
 
 #[test]
+fn overwritten_entries_are_never_reported_durable_or_applied() {
+    let mut node = member(2, 3, vec![], 2, |config| config);
+    node.ready();
+    node.step(message(
+        1,
+        2,
+        2,
+        append(0, 0, vec![entry(1, 2), entry(2, 2), entry(3, 2)], 0),
+    ));
+    let first = node.ready();
+    assert_eq!(first.last_entry(), Some((3, 2)));
+    // A leader of term 3 replaces entries 2 and 3 before the first write is durable.
+    node.step(message(3, 2, 3, append(1, 2, vec![entry(2, 3)], 2)));
+    let second = node.ready();
+    assert_eq!(second.entries, vec![entry(2, 3)]);
+    // The writes complete in order; the first report names entries that are gone.
+    node.on_persisted(3, 2);
+    assert_eq!(node.status().persisted, 0);
+    assert!(node.ready().committed_entries.is_empty());
+    node.on_persisted(2, 3);
+    assert_eq!(node.status().persisted, 2);
+    assert_eq!(
+        node.ready().committed_entries,
+        vec![entry(1, 2), entry(2, 3)]
+    );
+}
+
+#[test]
 fn leader_counts_itself_toward_commit_only_after_persisting() {
     let mut cluster = Cluster::new(3, |config| config);
     cluster.elect(1);
