@@ -235,6 +235,44 @@ fn apply_is_paced_by_max_apply_bytes() {
     assert_eq!(node.status().applied, 5);
 }
 
+#[test]
+fn uncommitted_limit_counts_proposals_only_not_the_leaders_noop() {
+    // The no-op of a new leader is not a proposal and is never added to the uncommitted
+    // bytes; committing it must not take anything off them either.
+    let limit = 3 * ENTRY_BYTES;
+    let mut cluster = Cluster::new(3, |config| Config {
+        max_uncommitted_bytes: limit,
+        ..config
+    });
+    cluster.node_mut(1).campaign();
+    step_until(&mut cluster, |cluster| {
+        cluster.node(1).status().role == Role::Leader
+    });
+    // The no-op goes out; three proposals arrive before it commits.
+    cluster.process(1);
+    for _ in 0..3 {
+        cluster.propose(1, &[1; PAYLOAD_BYTES]).unwrap();
+    }
+    while cluster.deliver_one() {
+        cluster.process(2);
+        cluster.process(3);
+    }
+    assert_eq!(
+        cluster.node(1).status().commit,
+        1,
+        "only the no-op committed"
+    );
+    assert_eq!(
+        cluster.propose(1, &[]),
+        Err(RaftError::UncommittedLimit {
+            uncommitted_bytes: limit,
+            proposal_bytes: ENTRY_OVERHEAD_BYTES,
+            limit_bytes: limit,
+        }),
+        "three proposals ({limit} bytes) are still uncommitted"
+    );
+}
+
 // ----- refusals -------------------------------------------------------------------------
 
 #[test]
