@@ -12,7 +12,7 @@ use bytes::Bytes;
 use crate::config::Config;
 use crate::error::RaftError;
 use crate::message::{Message, MessageBody};
-use crate::node::{InitialState, RawNode, ReadState, Role};
+use crate::node::{InitialState, RawNode, ReadState, Ready, Role};
 use crate::types::{Entry, EntryKind, HardState, Membership, NodeId};
 
 /// What a member has made durable.
@@ -106,11 +106,18 @@ impl Cluster {
     /// Takes and carries out member `id`'s Ready, if any: persist instantly, queue
     /// messages, apply. Returns true if there was one.
     pub fn process(&mut self, id: NodeId) -> bool {
+        self.process_ready(id).is_some()
+    }
+
+    /// Like [`Cluster::process`], and returns a copy of the Ready that was carried out so
+    /// that a test can assert exactly what the member asked for.
+    pub fn process_ready(&mut self, id: NodeId) -> Option<Ready> {
         if self.stopped.contains(&id) || !self.nodes[&id].has_ready() {
-            return false;
+            return None;
         }
         let node = self.nodes.get_mut(&id).expect("member");
         let ready = node.ready();
+        let copy = ready.clone();
         let store = self.stores.get_mut(&id).expect("member");
         if let Some(hard_state) = ready.hard_state {
             store.hard_state = hard_state;
@@ -136,7 +143,7 @@ impl Cluster {
             .entry(id)
             .or_default()
             .extend(ready.read_states);
-        true
+        Some(copy)
     }
 
     /// Delivers one queued message (dropping it if its link is cut). Returns false if none.
