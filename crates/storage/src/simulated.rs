@@ -250,6 +250,23 @@ impl SimulatedFileSystem {
         Some(disk.inodes[inode].current.clone())
     }
 
+    /// Overwrites bytes of `name` as if the medium changed them: synced and current contents
+    /// both change, and no operation is counted.
+    pub fn overwrite(&self, name: &str, offset: u64, bytes: &[u8]) {
+        let mut disk = self.lock();
+        let inode_id = disk.directory[name];
+        let inode = disk.inodes.get_mut(&inode_id).expect("linked inode exists");
+        write_into(&mut inode.current, offset, bytes);
+        write_into(&mut inode.durable, offset, bytes);
+    }
+
+    /// Removes `name` at once and durably, as an operator's mistake would.
+    pub fn delete(&self, name: &str) {
+        let mut disk = self.lock();
+        disk.directory.remove(name);
+        disk.durable_directory.remove(name);
+    }
+
     /// Flips one bit of `name`, as if the medium decayed: synced and current contents both
     /// change, and no operation is counted.
     pub fn flip_bit(&self, name: &str, offset: u64, bit: u8) {
