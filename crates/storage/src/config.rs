@@ -23,6 +23,8 @@ pub struct StorageConfig {
     pub preallocate_segments: bool,
     /// Buffer size of snapshot writers and readers.
     pub snapshot_buffer_bytes: u64,
+    /// Threads that read and check segments in parallel at open.
+    pub recovery_threads: u64,
 }
 
 /// The smallest segment the store accepts.
@@ -41,6 +43,7 @@ impl Default for StorageConfig {
             max_unsynced_bytes: 64 << 20,
             preallocate_segments: true,
             snapshot_buffer_bytes: 256 << 10,
+            recovery_threads: 2,
         }
     }
 }
@@ -55,6 +58,7 @@ impl StorageConfig {
             max_unsynced_bytes: 1 << 20,
             preallocate_segments: true,
             snapshot_buffer_bytes: 1 << 10,
+            recovery_threads: 1,
         }
     }
 
@@ -89,6 +93,12 @@ impl StorageConfig {
             return fail(format!(
                 "snapshot_buffer_bytes {} is outside 512..=64 MiB",
                 self.snapshot_buffer_bytes
+            ));
+        }
+        if !(1..=64).contains(&self.recovery_threads) {
+            return fail(format!(
+                "recovery_threads {} is outside 1..=64",
+                self.recovery_threads
             ));
         }
         Ok(())
@@ -127,6 +137,10 @@ mod tests {
             },
             StorageConfig {
                 snapshot_buffer_bytes: 1,
+                ..base.clone()
+            },
+            StorageConfig {
+                recovery_threads: 0,
                 ..base.clone()
             },
         ];

@@ -218,16 +218,31 @@ impl<F: FileSystem> DurableStorage<F> {
             }
         }
         let snapshot_index = self.snapshot.as_ref().map_or(0, |meta| meta.index);
+        let scans = scan_segments(&self.file_system, &self.config, &segment_sequences);
         let mut replay = Replay::default();
         let mut torn_tail = None;
-        let last_position = segment_sequences.len().saturating_sub(1);
-        for (position, sequence) in segment_sequences.iter().copied().enumerate() {
-            let is_last = position == last_position;
-            let end = self.scan_segment(sequence, is_last, &mut replay, &mut torn_tail)?;
-            if is_last {
-                self.active_segment = sequence;
-                self.write_offset = end;
+        for (sequence, scan) in segment_sequences.iter().copied().zip(scans) {
+            let scan = scan?;
+            if replay.started && scan.header_sequence != replay.next_sequence {
+                return Err(StorageError::corrupt(
+                    &segment_file_name(sequence),
+                    0,
+                    format!(
+                        "segment starts at record {} but the previous segment ended before record {}",
+                        scan.header_sequence, replay.next_sequence
+                    ),
+                ));
             }
+            replay.started = true;
+            replay.next_sequence = scan.next_sequence;
+            replay.hard_state = scan.hard_state;
+            replay.entries.reserve(scan.entry_count);
+            for (write, location) in scan.writes {
+                replay.apply(write, location);
+            }
+            self.active_segment = sequence;
+            self.write_offset = scan.end_offset;
+            torn_tail = scan.torn_tail;
         }
         if let Some(tail) = torn_tail {
             self.clean_torn_tail(&tail)?;
@@ -288,158 +303,6 @@ impl<F: FileSystem> DurableStorage<F> {
             snapshot: self.snapshot.clone(),
             entries: Vec::from(replay.entries),
         })
-    }
-
-    /// Reads one segment, checks and replays its records; returns the offset after the last
-    /// valid record.
-    fn scan_segment(
-        &mut self,
-        sequence: u64,
-        is_last: bool,
-        replay: &mut Replay,
-        torn_tail: &mut Option<TornTail>,
-    ) -> Result<u64> {
-        let name = segment_file_name(sequence);
-        let file = self.file_system.open(&name)?;
-        let length = file.length()?;
-        let mut contents = vec![0u8; length as usize];
-        file.read_at(0, &mut contents)?;
-        let contents = Bytes::from(contents);
-        let max_record = self.config.max_record_bytes;
-        // The segment header was synced before the segment got its name: it must be intact.
-        let header = decode_record_header(&contents, max_record)
-            .map_err(|error| StorageError::corrupt(&name, 0, error.to_string()))?;
-        let header_end = RECORD_HEADER_BYTES + header.payload_length as usize;
-        if header.record_type != RecordType::SegmentHeader || header_end > contents.len() {
-            return Err(StorageError::corrupt(
-                &name,
-                0,
-                "first record is not a segment header",
-            ));
-        }
-        check_payload(&header, &contents[RECORD_HEADER_BYTES..header_end])
-            .map_err(|error| StorageError::corrupt(&name, 0, error.to_string()))?;
-        let segment_header = decode_segment_header(&contents[RECORD_HEADER_BYTES..header_end])
-            .map_err(|error| StorageError::corrupt(&name, 0, error.to_string()))?;
-        if segment_header.segment_sequence != sequence {
-            return Err(StorageError::corrupt(
-                &name,
-                0,
-                format!("header names segment {}", segment_header.segment_sequence),
-            ));
-        }
-        if replay.started && header.sequence != replay.next_sequence {
-            return Err(StorageError::corrupt(
-                &name,
-                0,
-                format!(
-                    "segment starts at record {} but the previous segment ended before record {}",
-                    header.sequence, replay.next_sequence
-                ),
-            ));
-        }
-        replay.started = true;
-        replay.next_sequence = header.sequence + 1;
-        replay.hard_state = segment_header.hard_state;
-        let mut offset = header_end;
-        loop {
-            match read_record(&contents, offset, replay.next_sequence, max_record) {
-                RecordRead::Valid {
-                    record_type,
-                    payload,
-                } => {
-                    if record_type != RecordType::Write {
-                        return Err(StorageError::corrupt(
-                            &name,
-                            offset as u64,
-                            "segment header in the middle of a segment",
-                        ));
-                    }
-                    let write = decode_write(&payload).map_err(|error| {
-                        StorageError::corrupt(&name, offset as u64, error.to_string())
-                    })?;
-                    let location = Run {
-                        first_index: write.first_index,
-                        segment: sequence,
-                        offset: offset as u64,
-                        length: (RECORD_HEADER_BYTES + payload.len()) as u64,
-                    };
-                    replay.apply(write, location);
-                    replay.next_sequence += 1;
-                    offset += RECORD_HEADER_BYTES + payload.len();
-                }
-                RecordRead::End { extent_end } => {
-                    self.check_end(&name, &contents, offset, extent_end, is_last, replay)?;
-                    let extent_end = extent_end.min(contents.len());
-                    if contents[offset..extent_end].iter().any(|byte| *byte != 0) {
-                        *torn_tail = Some(TornTail {
-                            segment: sequence,
-                            start: offset as u64,
-                            end: extent_end as u64,
-                        });
-                    }
-                    return Ok(offset as u64);
-                }
-            }
-        }
-    }
-
-    /// Decides whether the log may end at `offset` (zeros, or a torn last record), or the
-    /// segment is corrupt there.
-    fn check_end(
-        &self,
-        name: &str,
-        contents: &Bytes,
-        offset: usize,
-        extent_end: usize,
-        is_last: bool,
-        replay: &Replay,
-    ) -> Result<()> {
-        if !is_last {
-            // Older segments were synced whole before the next one was created.
-            if let Some(position) = contents[offset..].iter().position(|byte| *byte != 0) {
-                let reason = if position == 0 {
-                    "damaged record in a sealed segment".to_string()
-                } else {
-                    format!("unexpected bytes at offset {}", offset + position)
-                };
-                return Err(StorageError::corrupt(name, offset as u64, reason));
-            }
-            return Ok(());
-        }
-        let extent_end = extent_end.min(contents.len());
-        if let Some(position) = contents[extent_end..].iter().position(|byte| *byte != 0) {
-            return Err(StorageError::corrupt(
-                name,
-                offset as u64,
-                format!(
-                    "damaged record followed by data at offset {} (not a torn tail)",
-                    extent_end + position
-                ),
-            ));
-        }
-        let next_sequence = replay.next_sequence + 1;
-        for candidate in offset + 1..extent_end {
-            let sequence_field = candidate + 8;
-            if sequence_field + 8 > contents.len()
-                || contents[sequence_field..sequence_field + 8] != next_sequence.to_le_bytes()
-            {
-                continue;
-            }
-            if let RecordRead::Valid { .. } = read_record(
-                contents,
-                candidate,
-                next_sequence,
-                self.config.max_record_bytes,
-            ) {
-                return Err(StorageError::corrupt(
-                    name,
-                    offset as u64,
-                    format!("damaged record followed by a valid record at offset {candidate}"),
-                ));
-            }
-        }
-        Ok(())
     }
 
     fn clean_torn_tail(&mut self, tail: &TornTail) -> Result<()> {
@@ -791,6 +654,212 @@ impl<F: FileSystem> DurableStorage<F> {
         }
         Ok(unsynced)
     }
+}
+
+/// What scanning one segment found.
+struct SegmentScan {
+    header_sequence: u64,
+    /// The sequence number the next record after this segment's last one must have.
+    next_sequence: u64,
+    hard_state: HardState,
+    writes: Vec<(format::Write, Run)>,
+    entry_count: usize,
+    end_offset: u64,
+    torn_tail: Option<TornTail>,
+}
+
+/// Scans segments on up to `recovery_threads` threads; results come back in segment order.
+fn scan_segments<F: FileSystem>(
+    file_system: &F,
+    config: &StorageConfig,
+    sequences: &[u64],
+) -> Vec<Result<SegmentScan>> {
+    let last = sequences.last().copied();
+    let threads = (config.recovery_threads as usize).clamp(1, sequences.len().max(1));
+    let mut results: Vec<Option<Result<SegmentScan>>> =
+        (0..sequences.len()).map(|_| None).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let finished = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let file_system = file_system.clone();
+            let (next, finished) = (&next, &finished);
+            scope.spawn(move || loop {
+                let position = next.fetch_add(1, Ordering::SeqCst);
+                let Some(sequence) = sequences.get(position).copied() else {
+                    break;
+                };
+                let scan = scan_segment(&file_system, config, sequence, Some(sequence) == last);
+                finished
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push((position, scan));
+            });
+        }
+    });
+    for (position, scan) in finished
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    {
+        results[position] = Some(scan);
+    }
+    results
+        .into_iter()
+        .map(|scan| scan.expect("every segment scanned"))
+        .collect()
+}
+
+/// Reads one segment and checks its records; decides where its valid records end.
+fn scan_segment<F: FileSystem>(
+    file_system: &F,
+    config: &StorageConfig,
+    sequence: u64,
+    is_last: bool,
+) -> Result<SegmentScan> {
+    let name = segment_file_name(sequence);
+    let file = file_system.open(&name)?;
+    let length = file.length()?;
+    let mut contents = vec![0u8; length as usize];
+    file.read_at(0, &mut contents)?;
+    let contents = Bytes::from(contents);
+    let max_record = config.max_record_bytes;
+    // The segment header was synced before the segment got its name: it must be intact.
+    let header = decode_record_header(&contents, max_record)
+        .map_err(|error| StorageError::corrupt(&name, 0, error.to_string()))?;
+    let header_end = RECORD_HEADER_BYTES + header.payload_length as usize;
+    if header.record_type != RecordType::SegmentHeader || header_end > contents.len() {
+        return Err(StorageError::corrupt(
+            &name,
+            0,
+            "first record is not a segment header",
+        ));
+    }
+    check_payload(&header, &contents[RECORD_HEADER_BYTES..header_end])
+        .map_err(|error| StorageError::corrupt(&name, 0, error.to_string()))?;
+    let segment_header = decode_segment_header(&contents[RECORD_HEADER_BYTES..header_end])
+        .map_err(|error| StorageError::corrupt(&name, 0, error.to_string()))?;
+    if segment_header.segment_sequence != sequence {
+        return Err(StorageError::corrupt(
+            &name,
+            0,
+            format!("header names segment {}", segment_header.segment_sequence),
+        ));
+    }
+    let mut scan = SegmentScan {
+        header_sequence: header.sequence,
+        next_sequence: header.sequence + 1,
+        hard_state: segment_header.hard_state,
+        writes: Vec::new(),
+        entry_count: 0,
+        end_offset: 0,
+        torn_tail: None,
+    };
+    let mut offset = header_end;
+    loop {
+        match read_record(&contents, offset, scan.next_sequence, max_record) {
+            RecordRead::Valid {
+                record_type,
+                payload,
+            } => {
+                if record_type != RecordType::Write {
+                    return Err(StorageError::corrupt(
+                        &name,
+                        offset as u64,
+                        "segment header in the middle of a segment",
+                    ));
+                }
+                let write = decode_write(&payload).map_err(|error| {
+                    StorageError::corrupt(&name, offset as u64, error.to_string())
+                })?;
+                let location = Run {
+                    first_index: write.first_index,
+                    segment: sequence,
+                    offset: offset as u64,
+                    length: (RECORD_HEADER_BYTES + payload.len()) as u64,
+                };
+                scan.entry_count += write.entries.len();
+                scan.writes.push((write, location));
+                scan.next_sequence += 1;
+                offset += RECORD_HEADER_BYTES + payload.len();
+            }
+            RecordRead::End { extent_end } => {
+                check_end(
+                    &name,
+                    &contents,
+                    offset,
+                    extent_end,
+                    is_last,
+                    scan.next_sequence,
+                    max_record,
+                )?;
+                let extent_end = extent_end.min(contents.len());
+                if contents[offset..extent_end].iter().any(|byte| *byte != 0) {
+                    scan.torn_tail = Some(TornTail {
+                        segment: sequence,
+                        start: offset as u64,
+                        end: extent_end as u64,
+                    });
+                }
+                scan.end_offset = offset as u64;
+                return Ok(scan);
+            }
+        }
+    }
+}
+
+/// Decides whether the log may end at `offset` (zeros, or a torn last record whose sequence
+/// would have been `expected_sequence`), or the segment is corrupt there.
+fn check_end(
+    name: &str,
+    contents: &Bytes,
+    offset: usize,
+    extent_end: usize,
+    is_last: bool,
+    expected_sequence: u64,
+    max_record: u64,
+) -> Result<()> {
+    if !is_last {
+        // Older segments were synced whole before the next one was created.
+        if let Some(position) = contents[offset..].iter().position(|byte| *byte != 0) {
+            let reason = if position == 0 {
+                "damaged record in a sealed segment".to_string()
+            } else {
+                format!("unexpected bytes at offset {}", offset + position)
+            };
+            return Err(StorageError::corrupt(name, offset as u64, reason));
+        }
+        return Ok(());
+    }
+    let extent_end = extent_end.min(contents.len());
+    if let Some(position) = contents[extent_end..].iter().position(|byte| *byte != 0) {
+        return Err(StorageError::corrupt(
+            name,
+            offset as u64,
+            format!(
+                "damaged record followed by data at offset {} (not a torn tail)",
+                extent_end + position
+            ),
+        ));
+    }
+    let next_sequence = expected_sequence + 1;
+    for candidate in offset + 1..extent_end {
+        let sequence_field = candidate + 8;
+        if sequence_field + 8 > contents.len()
+            || contents[sequence_field..sequence_field + 8] != next_sequence.to_le_bytes()
+        {
+            continue;
+        }
+        if let RecordRead::Valid { .. } =
+            read_record(contents, candidate, next_sequence, max_record)
+        {
+            return Err(StorageError::corrupt(
+                name,
+                offset as u64,
+                format!("damaged record followed by a valid record at offset {candidate}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The outcome of reading one record.
