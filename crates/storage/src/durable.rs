@@ -675,7 +675,11 @@ fn scan_segments<F: FileSystem>(
     sequences: &[u64],
 ) -> Vec<Result<SegmentScan>> {
     let last = sequences.last().copied();
-    let threads = (config.recovery_threads as usize).clamp(1, sequences.len().max(1));
+    let threads = if file_system.allows_parallel_reads() {
+        (config.recovery_threads as usize).clamp(1, sequences.len().max(1))
+    } else {
+        1
+    };
     let mut results: Vec<Option<Result<SegmentScan>>> =
         (0..sequences.len()).map(|_| None).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);

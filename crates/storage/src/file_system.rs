@@ -29,6 +29,11 @@ pub trait FileSystem: Clone + Send + 'static {
     fn remove(&self, name: &str) -> Result<()>;
     /// Makes every creation, rename and deletion so far durable.
     fn sync_directory(&self) -> Result<()>;
+    /// Whether recovery may read several files at once on threads. A deterministic file system
+    /// (the simulator's) says no, so that the order of its operations is fixed.
+    fn allows_parallel_reads(&self) -> bool {
+        true
+    }
 }
 
 /// An open file of a [`FileSystem`].

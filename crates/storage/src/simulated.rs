@@ -389,6 +389,10 @@ impl FileSystem for SimulatedFileSystem {
         Ok(())
     }
 
+    fn allows_parallel_reads(&self) -> bool {
+        false
+    }
+
     fn sync_directory(&self) -> Result<()> {
         let mut disk = self.lock();
         disk.operation("directory")?;

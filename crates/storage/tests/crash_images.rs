@@ -321,7 +321,13 @@ fn run_seed(seed: u64, config: &StorageConfig, real_files: bool) {
     let mut model = Model::default();
     for cycle in 0..4 {
         let context = format!("seed {seed} cycle {cycle}");
-        file_system.power_cut_after(rng.below(900));
+        // The fault that ends this life: a power cut after some operations, or a failed write
+        // or fsync (which poisons the store) somewhere in the workload.
+        match rng.below(4) {
+            0 => file_system.fail_next_write(),
+            1 => file_system.fail_next_sync(),
+            _ => file_system.power_cut_after(rng.below(900)),
+        }
         match SimulatedStorage::open(file_system.clone(), config.clone()) {
             Ok((mut storage, recovered)) => {
                 if cycle > 0 {
@@ -333,7 +339,7 @@ fn run_seed(seed: u64, config: &StorageConfig, real_files: bool) {
             }
             Err(error) => {
                 assert!(
-                    error.to_string().contains("simulated power cut"),
+                    error.to_string().contains("simulated"),
                     "{context}: open failed for another reason than the power cut: {error}"
                 );
             }
