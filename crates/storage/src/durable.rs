@@ -680,6 +680,12 @@ fn scan_segments<F: FileSystem>(
     } else {
         1
     };
+    if threads == 1 {
+        return sequences
+            .iter()
+            .map(|sequence| scan_segment(file_system, config, *sequence, Some(*sequence) == last))
+            .collect();
+    }
     let mut results: Vec<Option<Result<SegmentScan>>> =
         (0..sequences.len()).map(|_| None).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);

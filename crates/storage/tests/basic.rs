@@ -318,3 +318,11 @@ fn memory_backend_keeps_only_synced_writes_across_restart() {
     restarted.compact(8).unwrap();
     assert_eq!(restarted.first_index(), 9);
 }
+
+#[test]
+fn stores_can_move_to_their_own_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<FileStorage>();
+    assert_send::<SimulatedStorage>();
+    assert_send::<MemoryStorage>();
+}

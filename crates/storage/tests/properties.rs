@@ -144,6 +144,26 @@ proptest! {
     /// A directory whose segment files hold arbitrary bytes (or a valid prefix followed by
     /// arbitrary bytes) opens or fails with an error; it never panics.
     #[test]
+    fn recovery_never_panics_on_arbitrary_snapshot_files(garbage in proptest::collection::vec(any::<u8>(), 0..512), offset in 0usize..200) {
+        use std::io::Read;
+        let config = StorageConfig::small_for_tests();
+        let file_system = SimulatedFileSystem::new();
+        let name = {
+            let (mut storage, _) = SimulatedStorage::open(file_system.clone(), config.clone()).unwrap();
+            let mut writer = storage.begin_snapshot(SnapshotMeta { index: 3, term: 1, membership: Membership::new([1, 2]) }).unwrap();
+            std::io::Write::write_all(&mut writer, &[7u8; 100]).unwrap();
+            storage.finish_snapshot(writer).unwrap();
+            skiff_storage::format::snapshot_file_name(3, 1)
+        };
+        file_system.overwrite(&name, offset as u64, &garbage);
+        if let Ok((storage, _)) = SimulatedStorage::open(file_system, config) {
+            if let Ok(Some((_, mut reader))) = storage.open_snapshot() {
+                let _ = reader.read_to_end(&mut Vec::new());
+            }
+        }
+    }
+
+    #[test]
     fn recovery_never_panics_on_arbitrary_segments(prefix_records in 0usize..40, garbage in proptest::collection::vec(any::<u8>(), 0..2048), offset in 0usize..4096, second in any::<bool>()) {
         let config = StorageConfig::small_for_tests();
         let file_system = SimulatedFileSystem::new();
