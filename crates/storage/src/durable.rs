@@ -18,10 +18,10 @@ use crate::config::StorageConfig;
 use crate::error::{Result, StorageError};
 use crate::file_system::{FileSystem, StorageFile};
 use crate::format::{
-    self, check_payload, decode_record_header, decode_segment_header, decode_write, encode_record,
-    encode_segment_header, encode_write, encoded_entry_bytes, parse_segment_file_name,
-    parse_snapshot_file_name, segment_file_name, snapshot_file_name, write_payload_bytes,
-    RecordType, SegmentHeader, RECORD_HEADER_BYTES,
+    self, begin_record, check_payload, decode_record_header, decode_segment_header, decode_write,
+    encode_record, encode_segment_header, encode_write_into, encoded_entry_bytes, finish_record,
+    parse_segment_file_name, parse_snapshot_file_name, segment_file_name, snapshot_file_name,
+    write_payload_bytes, RecordType, SegmentHeader, RECORD_HEADER_BYTES,
 };
 use crate::snapshot::{open_snapshot_file, FileSnapshotReader, FileSnapshotWriter};
 use crate::{Recovered, Storage};
@@ -373,20 +373,15 @@ impl<F: FileSystem> DurableStorage<F> {
         Ok(())
     }
 
-    /// Writes one record at the tail and syncs it; returns where it lies.
-    fn write_record(&mut self, payload: &[u8]) -> Result<Run> {
-        let length = (RECORD_HEADER_BYTES + payload.len()) as u64;
-        assert!(payload.len() as u64 <= self.config.max_record_bytes);
+    /// Writes one record (built by [`begin_record`], header not yet filled) at the tail and
+    /// syncs it; returns where it lies.
+    fn write_record(&mut self, mut record: Vec<u8>) -> Result<Run> {
+        let length = record.len() as u64;
+        assert!(length - RECORD_HEADER_BYTES as u64 <= self.config.max_record_bytes);
         if self.write_offset + length > self.config.segment_size_bytes {
             self.create_segment(self.active_segment + 1)?;
         }
-        let mut record = Vec::with_capacity(length as usize);
-        encode_record(
-            &mut record,
-            RecordType::Write,
-            self.next_record_sequence,
-            payload,
-        );
+        finish_record(&mut record, RecordType::Write, self.next_record_sequence);
         let offset = self.write_offset;
         let segment_sequence = self.active_segment;
         let segment = self.segment_file(segment_sequence)?;
@@ -436,8 +431,10 @@ impl<F: FileSystem> DurableStorage<F> {
                 end += 1;
             }
             let chunk = &pending[position..end];
-            let payload = encode_write(hard_state.as_ref(), first_index, chunk);
-            let mut run = self.write_record(&payload)?;
+            let mut record =
+                begin_record(write_payload_bytes(hard_state.is_some(), entry_bytes) as usize);
+            encode_write_into(&mut record, hard_state.as_ref(), first_index, chunk);
+            let mut run = self.write_record(record)?;
             if let Some(written) = hard_state.take() {
                 self.durable_hard_state = written;
             }

@@ -89,19 +89,36 @@ pub struct RecordHeader {
 
 /// Appends one whole record (header and payload) to `out`.
 pub fn encode_record(out: &mut Vec<u8>, record_type: RecordType, sequence: u64, payload: &[u8]) {
+    let start = out.len();
+    out.resize(start + RECORD_HEADER_BYTES, 0);
+    out.extend_from_slice(payload);
+    finish_record(&mut out[start..], record_type, sequence);
+}
+
+/// A buffer for one record whose payload is appended in place (no copy): the header bytes are
+/// reserved, and [`finish_record`] fills them once the payload is complete.
+pub fn begin_record(payload_capacity: usize) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(RECORD_HEADER_BYTES + payload_capacity);
+    buffer.resize(RECORD_HEADER_BYTES, 0);
+    buffer
+}
+
+/// Fills the header of `record` (header bytes followed by the payload).
+pub fn finish_record(record: &mut [u8], record_type: RecordType, sequence: u64) {
+    assert!(record.len() >= RECORD_HEADER_BYTES);
+    let payload_length = record.len() - RECORD_HEADER_BYTES;
     assert!(
-        payload.len() <= u32::MAX as usize,
+        payload_length <= u32::MAX as usize,
         "record payload too large"
     );
-    let start = out.len();
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.push(record_type.code());
-    out.extend_from_slice(&[0, 0, 0]);
-    out.extend_from_slice(&sequence.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    let header_crc = crc32c::crc32c(&out[start..start + 20]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(payload);
+    let payload_crc = crc32c::crc32c(&record[RECORD_HEADER_BYTES..]);
+    record[0..4].copy_from_slice(&(payload_length as u32).to_le_bytes());
+    record[4] = record_type.code();
+    record[5..8].copy_from_slice(&[0, 0, 0]);
+    record[8..16].copy_from_slice(&sequence.to_le_bytes());
+    record[16..20].copy_from_slice(&payload_crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&record[..20]);
+    record[20..24].copy_from_slice(&header_crc.to_le_bytes());
 }
 
 /// Decodes and checks a record header. `max_payload_bytes` is the configured record limit.
@@ -227,9 +244,20 @@ pub fn encode_write(
     let entry_bytes: u64 = entries.iter().map(encoded_entry_bytes).sum();
     let mut out =
         Vec::with_capacity(write_payload_bytes(hard_state.is_some(), entry_bytes) as usize);
+    encode_write_into(&mut out, hard_state, first_index, entries);
+    out
+}
+
+/// Appends a write payload to `out` (see [`encode_write`]).
+pub fn encode_write_into(
+    out: &mut Vec<u8>,
+    hard_state: Option<&HardState>,
+    first_index: u64,
+    entries: &[Entry],
+) {
     out.push(u8::from(hard_state.is_some()));
     if let Some(hard_state) = hard_state {
-        encode_hard_state(&mut out, hard_state);
+        encode_hard_state(out, hard_state);
     }
     assert!(entries.len() <= u32::MAX as usize);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
@@ -249,7 +277,6 @@ pub fn encode_write(
         out.extend_from_slice(&(entry.data.len() as u32).to_le_bytes());
         out.extend_from_slice(&entry.data);
     }
-    out
 }
 
 /// A decoded write payload.
