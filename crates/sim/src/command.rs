@@ -75,7 +75,9 @@ fn put_string(buffer: &mut BytesMut, value: &str) {
 
 fn take_string(bytes: &mut &[u8]) -> Option<String> {
     let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let value = std::str::from_utf8(bytes.get(4..4 + length)?).ok()?.to_string();
+    let value = std::str::from_utf8(bytes.get(4..4 + length)?)
+        .ok()?
+        .to_string();
     *bytes = &bytes[4 + length..];
     Some(value)
 }

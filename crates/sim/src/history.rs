@@ -76,10 +76,14 @@ pub fn check(history: &[HistoryOp]) -> Result<(), String> {
             Verdict::Linearizable => {}
             Verdict::NotLinearizable => {
                 let count = history.iter().filter(|op| op.op.key() == key).count();
-                return Err(format!("key {key:?} ({count} operations) is not linearizable"));
+                return Err(format!(
+                    "key {key:?} ({count} operations) is not linearizable"
+                ));
             }
             Verdict::Unknown => {
-                return Err(format!("key {key:?}: checker budget exhausted (inconclusive)"));
+                return Err(format!(
+                    "key {key:?}: checker budget exhausted (inconclusive)"
+                ));
             }
         }
     }

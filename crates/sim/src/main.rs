@@ -9,7 +9,10 @@ use skiff_raft::PlantedBug;
 use skiff_sim::{run_seed, Options};
 
 #[derive(Parser)]
-#[command(name = "skiff-sim", about = "Deterministic simulator for skiff-raft clusters")]
+#[command(
+    name = "skiff-sim",
+    about = "Deterministic simulator for skiff-raft clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

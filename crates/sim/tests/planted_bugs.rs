@@ -9,9 +9,12 @@ fn first_catch(bug: PlantedBug) -> Option<(u64, String)> {
         let mut options = Options::new(seed);
         options.planted_bug = bug;
         let report = run_seed(options);
-        report
-            .violation
-            .map(|violation| (seed, format!("{}: {}", violation.invariant, violation.detail)))
+        report.violation.map(|violation| {
+            (
+                seed,
+                format!("{}: {}", violation.invariant, violation.detail),
+            )
+        })
     })
 }
 

@@ -13,7 +13,10 @@ fn run_many(nodes: usize, first: u64, count: u64) {
         let report: SeedReport = run_seed(options);
         operations += report.stats.operations_ok;
         faults += report.stats.faults;
-        assert!(report.stats.operations_ok > 0, "seed {seed} completed no operation");
+        assert!(
+            report.stats.operations_ok > 0,
+            "seed {seed} completed no operation"
+        );
         if let Some(violation) = report.violation {
             failures.push(format!(
                 "seed {seed}: {} — {}\n{}\nreproduce: cargo run --release -p skiff-sim -- run --seed {seed} --nodes {nodes}",
