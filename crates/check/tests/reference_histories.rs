@@ -11,7 +11,11 @@ const PER_FILE_LIMIT: Duration = Duration::from_secs(10);
 
 /// `shared/data` next to the repository, or `None` (after saying so) when absent outside CI.
 fn data_directory() -> Option<PathBuf> {
-    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    // SKIFF_SHARED_DATA overrides; otherwise `shared/data` beside the repository.
+    let directory = match std::env::var_os("SKIFF_SHARED_DATA") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+    };
     if directory.is_dir() {
         return Some(directory);
     }

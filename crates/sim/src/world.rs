@@ -157,6 +157,20 @@ enum Fault {
         until_micros: u64,
     },
     Transfer,
+    /// Cut one member off (added to the current partition) until `Rejoin`.
+    Isolate {
+        node: NodeId,
+        duration_micros: u64,
+    },
+    /// Crash one member, restarting it after `down_ms`.
+    CrashNode {
+        node: NodeId,
+        down_ms: u64,
+    },
+    /// Restore the links an `Isolate` cut.
+    Rejoin {
+        node: NodeId,
+    },
     MessageChaos {
         drop_percent: u64,
         duplicate_percent: u64,
@@ -236,6 +250,7 @@ pub struct World {
     heal_time: u64,
     max_attempts: u32,
     log_read_percent: u64,
+    isolate_new_leader_percent: u64,
     // checkers
     leaders_by_term: BTreeMap<u64, NodeId>,
     committed: Vec<(u64, u64)>,
@@ -300,13 +315,17 @@ impl World {
         let mut config = Config::new(1);
         config.election_ticks = 10;
         config.heartbeat_ticks = 1;
-        config.read_mode = if rng.chance(1, 2) {
+        // Pre-vote and check-quorum are options of the library: test without them too
+        // (more disruptive elections, more divergent logs).
+        config.pre_vote = rng.chance(2, 3);
+        config.check_quorum = rng.chance(2, 3);
+        config.read_mode = if config.check_quorum && rng.chance(1, 2) {
             ReadMode::LeaseBased
         } else {
             ReadMode::Safe
         };
-        config.max_inflight_messages = [1, 4, 64, 256][rng.range(0, 4) as usize];
-        config.max_message_bytes = [150, 1_000, 1 << 20][rng.range(0, 3) as usize];
+        config.max_inflight_messages = [1, 1, 4, 64, 256][rng.range(0, 5) as usize];
+        config.max_message_bytes = [150, 150, 1_000, 1 << 20][rng.range(0, 4) as usize];
         config.max_uncommitted_bytes = [600, 1 << 20][rng.range(0, 2) as usize];
         config.max_apply_bytes = [100, 1 << 20][rng.range(0, 2) as usize];
         config.planted_bug = options.planted_bug;
@@ -350,6 +369,7 @@ impl World {
         let keys = (0..rng.range(1, 4)).map(|key| format!("k{key}")).collect();
         let log_read_percent = [0, 50, 100][rng.range(0, 3) as usize];
         let max_attempts = rng.range(2, 6) as u32;
+        let isolate_new_leader_percent = [20, 40, 70][rng.range(0, 3) as usize];
         let mut world = World {
             options,
             rng,
@@ -368,6 +388,7 @@ impl World {
             heal_time: 0,
             max_attempts,
             log_read_percent,
+            isolate_new_leader_percent,
             leaders_by_term: BTreeMap::new(),
             committed: Vec::new(),
             acknowledged: BTreeMap::new(),
@@ -377,13 +398,16 @@ impl World {
             trace_tail: VecDeque::new(),
         };
         world.trace(format!(
-            "setup nodes={size} clients={client_count} keys={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}%",
+            "setup nodes={size} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}%",
             world.keys.len(),
+            world.config.pre_vote,
+            world.config.check_quorum,
             world.config.read_mode,
             world.config.max_inflight_messages,
             world.config.max_message_bytes,
             world.config.max_uncommitted_bytes,
             world.log_read_percent,
+            world.isolate_new_leader_percent,
         ));
         let ids: Vec<NodeId> = world.nodes.keys().copied().collect();
         for id in ids {
@@ -418,6 +442,25 @@ impl World {
         self.trace_tail.push_back(line);
     }
 
+    /// A line printed only with `--trace`; it does not enter the trace hash, so the hash is
+    /// the same with and without `--trace`.
+    fn trace_detail(&mut self, line: String) {
+        if self.options.trace {
+            println!("{:>9.3}ms {line}", self.now as f64 / 1_000.0);
+        }
+    }
+
+    /// Folds an event that happens too often to format into the trace hash.
+    fn hash_event(&mut self, values: &[u64]) {
+        let mut hash = Fnv::new();
+        hash.write_u64(self.stats.trace_hash);
+        hash.write_u64(self.now);
+        for value in values {
+            hash.write_u64(*value);
+        }
+        self.stats.trace_hash = hash.finish();
+    }
+
     fn violate(&mut self, invariant: &str, detail: String) {
         if self.violation.is_none() {
             self.trace(format!("VIOLATION {invariant}: {detail}"));
@@ -438,7 +481,13 @@ impl World {
 
     fn schedule_faults(&mut self) {
         let fault_micros = self.options.fault_ms * MICROS_PER_MILLI;
-        let count = self.rng.range(4, 16);
+        // Half the seeds get a dense schedule: leadership churns and faults overlap, which
+        // is where the rare interleavings (Figure 8 among them) live.
+        let count = if self.rng.chance(1, 2) {
+            self.rng.range(4, 16)
+        } else {
+            self.rng.range(20, 80)
+        };
         for _ in 0..count {
             let at = self.rng.range(
                 200 * MICROS_PER_MILLI,
@@ -555,8 +604,35 @@ impl World {
                     }
                 }
                 self.trace(format!("blocked links {:?}", self.blocked));
+                if self.rng.chance(1, 2) {
+                    // A flapping link: this partition heals by itself soon.
+                    let duration = self.rng.range(20, 800) * MICROS_PER_MILLI;
+                    self.schedule(duration, Event::Fault(Fault::HealPartition));
+                }
             }
             Fault::HealPartition => self.blocked.clear(),
+            Fault::Isolate {
+                node,
+                duration_micros,
+            } => {
+                for other in &ids {
+                    if *other != node {
+                        self.blocked.insert((node, *other));
+                        self.blocked.insert((*other, node));
+                    }
+                }
+                self.schedule(duration_micros, Event::Fault(Fault::Rejoin { node }));
+            }
+            Fault::CrashNode { node, down_ms } => {
+                if self.nodes[&node].raw.is_some() {
+                    self.crash(node);
+                    self.schedule(down_ms * MICROS_PER_MILLI, Event::Restart { node });
+                }
+            }
+            Fault::Rejoin { node } => {
+                self.blocked
+                    .retain(|(from, to)| *from != node && *to != node);
+            }
             Fault::Crash { leader, down_ms } => {
                 let target = if leader {
                     self.current_leader()
@@ -795,6 +871,28 @@ impl World {
 
     fn on_leader(&mut self, id: NodeId, term: u64) {
         self.stats.elections += 1;
+        if !self.healed && self.rng.chance(self.isolate_new_leader_percent, 100) {
+            // A nemesis that targets fresh leaders: cut this one off within a few
+            // milliseconds, before or while it replicates its first entries.
+            let delay = match self.rng.range(0, 3) {
+                0 => self.rng.range(0, 300),
+                1 => self.rng.range(0, 5 * MICROS_PER_MILLI),
+                _ => self.rng.range(0, 30 * MICROS_PER_MILLI),
+            };
+            let duration_micros = self.rng.range(20, 1_000) * MICROS_PER_MILLI;
+            let fault = if self.rng.chance(1, 2) {
+                Fault::Isolate {
+                    node: id,
+                    duration_micros,
+                }
+            } else {
+                Fault::CrashNode {
+                    node: id,
+                    down_ms: duration_micros / MICROS_PER_MILLI,
+                }
+            };
+            self.schedule(delay, Event::Fault(fault));
+        }
         if let Some(other) = self.leaders_by_term.insert(term, id) {
             if other != id {
                 self.violate(
@@ -863,7 +961,14 @@ impl World {
             self.violate("state machine safety (commit)", detail);
             return;
         }
+        let advanced = !new_committed.is_empty();
         self.committed.extend(new_committed);
+        if advanced {
+            if let Some(detail) = self.electable_without_committed() {
+                self.violate("committed entry not protected", detail);
+                return;
+            }
+        }
         let node = self.nodes.get_mut(&id).expect("member");
         node.last_commit = status.commit;
         node.checked_commit = status.commit;
@@ -875,6 +980,43 @@ impl World {
                 }
             }
         }
+    }
+
+    /// Raft's safety argument, checked directly: every member holding the newest committed
+    /// entry has a log strictly more up to date than any member lacking it, so a member
+    /// lacking it can never collect a majority of votes. Returns the member that could.
+    fn electable_without_committed(&self) -> Option<String> {
+        let index = self.committed.len() as u64;
+        let (term, _) = *self.committed.last()?;
+        let logs: Vec<(NodeId, u64, u64, bool)> = self
+            .nodes
+            .values()
+            .filter_map(|node| {
+                let status = node.raw.as_ref()?.status();
+                let holds = node.raw.as_ref()?.term_of(index) == Some(term);
+                Some((node.id, status.last_term, status.last_index, holds))
+            })
+            .collect();
+        let majority = self.nodes.len() / 2 + 1;
+        for (candidate, last_term, last_index, holds) in &logs {
+            if *holds {
+                continue;
+            }
+            // Members whose log is not more up to date than the candidate's would vote for it.
+            let voters: Vec<NodeId> = logs
+                .iter()
+                .filter(|(_, voter_term, voter_index, _)| {
+                    (*last_term, *last_index) >= (*voter_term, *voter_index)
+                })
+                .map(|(voter, ..)| *voter)
+                .collect();
+            if voters.len() >= majority {
+                return Some(format!(
+                    "entry {index} (term {term}) is committed, yet n{candidate} (last entry {last_index}, term {last_term}) lacks it and could be elected by {voters:?}"
+                ));
+            }
+        }
+        None
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
@@ -923,6 +1065,13 @@ impl World {
                 );
                 return;
             };
+            if self.options.trace {
+                let line = format!(
+                    "n{id} apply {} {}:{} {:?}",
+                    entry.index, command.client, command.seq, command.op
+                );
+                self.trace_detail(line);
+            }
             let node = self.nodes.get_mut(&id).expect("member");
             let output = match node.kv.apply(&command) {
                 Ok(Applied::Executed(output)) | Ok(Applied::Duplicate(output)) => Some(output),
@@ -1118,7 +1267,7 @@ impl World {
             }
         };
         if self.options.trace {
-            self.trace(format!("n{id} request {client}:{seq} -> {result:?}"));
+            self.trace_detail(format!("n{id} request {client}:{seq} -> {result:?}"));
         }
         match result {
             Ok(()) => self.process(id),
@@ -1245,8 +1394,19 @@ impl World {
             }
             Event::Deliver(message) => {
                 let to = message.to;
+                if self.blocked.contains(&(message.from, to)) {
+                    // The link was cut while the message was in flight.
+                    self.stats.messages_dropped += 1;
+                    return;
+                }
+                self.hash_event(&[
+                    message.from,
+                    to,
+                    message.term,
+                    message.body.name().len() as u64,
+                ]);
                 if self.options.trace {
-                    self.trace(format!(
+                    self.trace_detail(format!(
                         "deliver n{}->n{} t{} {}",
                         message.from,
                         to,
@@ -1378,6 +1538,19 @@ impl World {
                     );
                     self.violate("acknowledged write lost", detail);
                     return;
+                }
+            }
+        }
+        // Operations still in flight at the end may or may not have taken effect.
+        for (client, state) in self.clients.iter_mut().enumerate() {
+            if let Some(op) = state.current.take() {
+                if op.op.is_write() {
+                    self.history.push(HistoryOp {
+                        client,
+                        op: op.op,
+                        invoke: op.invoke,
+                        outcome: Outcome::Unknown,
+                    });
                 }
             }
         }
