@@ -982,21 +982,30 @@ impl World {
         }
     }
 
-    /// Raft's safety argument, checked directly: every member holding the newest committed
-    /// entry has a log strictly more up to date than any member lacking it, so a member
+    /// Raft's safety argument, checked directly on what is durable (as if every member
+    /// crashed and restarted now): every member whose disk holds the newest committed entry
+    /// has a log strictly more up to date than any member whose disk lacks it, so a member
     /// lacking it can never collect a majority of votes. Returns the member that could.
-    fn electable_without_committed(&self) -> Option<String> {
+    fn electable_without_committed(&mut self) -> Option<String> {
         let index = self.committed.len() as u64;
         let (term, _) = *self.committed.last()?;
-        let logs: Vec<(NodeId, u64, u64, bool)> = self
-            .nodes
-            .values()
-            .filter_map(|node| {
-                let status = node.raw.as_ref()?.status();
-                let holds = node.raw.as_ref()?.term_of(index) == Some(term);
-                Some((node.id, status.last_term, status.last_index, holds))
-            })
-            .collect();
+        let mut logs: Vec<(NodeId, u64, u64, bool)> = Vec::new();
+        for node in self.nodes.values_mut() {
+            let Some(storage) = node.storage.as_mut() else {
+                continue;
+            };
+            let term_at = |storage: &mut SimulatedStorage, at: u64| -> u64 {
+                storage
+                    .entries(at, at + 1, u64::MAX)
+                    .ok()
+                    .and_then(|entries| entries.first().map(|entry| entry.term))
+                    .unwrap_or(0)
+            };
+            let last_index = storage.last_index();
+            let last_term = term_at(storage, last_index);
+            let holds = last_index >= index && term_at(storage, index) == term;
+            logs.push((node.id, last_term, last_index, holds));
+        }
         let majority = self.nodes.len() / 2 + 1;
         for (candidate, last_term, last_index, holds) in &logs {
             if *holds {
@@ -1012,7 +1021,7 @@ impl World {
                 .collect();
             if voters.len() >= majority {
                 return Some(format!(
-                    "entry {index} (term {term}) is committed, yet n{candidate} (last entry {last_index}, term {last_term}) lacks it and could be elected by {voters:?}"
+                    "entry {index} (term {term}) is committed, yet n{candidate} (durable last entry {last_index}, term {last_term}) lacks it and could be elected by {voters:?}"
                 ));
             }
         }
