@@ -547,25 +547,11 @@ impl World {
         }
         self.stats.faults += 1;
         self.trace(format!("fault {fault:?}"));
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         match fault {
             Fault::Partition(kind) => {
                 self.blocked.clear();
                 match kind {
-                    Partition::Split => {
-                        let side: BTreeSet<NodeId> = ids
-                            .iter()
-                            .copied()
-                            .filter(|_| self.rng.chance(1, 2))
-                            .collect();
-                        for a in &ids {
-                            for b in &ids {
-                                if side.contains(a) != side.contains(b) {
-                                    self.blocked.insert((*a, *b));
-                                }
-                            }
-                        }
-                    }
+                    Partition::Split => self.split(None),
                     Partition::OneWay => {
                         for _ in 0..self.rng.range(1, 4) {
                             let (a, b) = (self.random_node(), self.random_node());
@@ -576,31 +562,12 @@ impl World {
                     }
                     Partition::LeaderIsolated => {
                         if let Some(leader) = self.current_leader() {
-                            for other in &ids {
-                                if *other != leader {
-                                    self.blocked.insert((leader, *other));
-                                    self.blocked.insert((*other, leader));
-                                }
-                            }
+                            self.cut_off(leader);
                         }
                     }
                     Partition::Bridge => {
                         let bridge = self.random_node();
-                        let side: BTreeSet<NodeId> = ids
-                            .iter()
-                            .copied()
-                            .filter(|_| self.rng.chance(1, 2))
-                            .collect();
-                        for a in &ids {
-                            for b in &ids {
-                                if *a != bridge
-                                    && *b != bridge
-                                    && side.contains(a) != side.contains(b)
-                                {
-                                    self.blocked.insert((*a, *b));
-                                }
-                            }
-                        }
+                        self.split(Some(bridge));
                     }
                 }
                 self.trace(format!("blocked links {:?}", self.blocked));
@@ -615,12 +582,7 @@ impl World {
                 node,
                 duration_micros,
             } => {
-                for other in &ids {
-                    if *other != node {
-                        self.blocked.insert((node, *other));
-                        self.blocked.insert((*other, node));
-                    }
-                }
+                self.cut_off(node);
                 self.schedule(duration_micros, Event::Fault(Fault::Rejoin { node }));
             }
             Fault::CrashNode { node, down_ms } => {
@@ -664,6 +626,35 @@ impl World {
             } => {
                 self.drop_percent = drop_percent;
                 self.duplicate_percent = duplicate_percent;
+            }
+        }
+    }
+
+    /// Cuts every link to and from `node` (on top of the current partition).
+    fn cut_off(&mut self, node: NodeId) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for other in ids {
+            if other != node {
+                self.blocked.insert((node, other));
+                self.blocked.insert((other, node));
+            }
+        }
+    }
+
+    /// Splits the members into two random sides; a `bridge` member keeps both.
+    fn split(&mut self, bridge: Option<NodeId>) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let side: BTreeSet<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|_| self.rng.chance(1, 2))
+            .collect();
+        for a in &ids {
+            for b in &ids {
+                let bridged = bridge == Some(*a) || bridge == Some(*b);
+                if !bridged && side.contains(a) != side.contains(b) {
+                    self.blocked.insert((*a, *b));
+                }
             }
         }
     }
