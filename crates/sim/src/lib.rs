@@ -53,7 +53,7 @@ pub fn run_seed(options: Options) -> SeedReport {
             SeedReport {
                 seed,
                 violation: Some(Violation {
-                    invariant: "core assertion".into(),
+                    invariant: "panic (a core assertion or a simulator bug)".into(),
                     detail: message,
                     at_micros: 0,
                 }),

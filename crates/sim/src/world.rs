@@ -6,9 +6,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use std::io::{Read, Write};
+
+use bytes::Bytes;
 use skiff_raft::{
-    Config, Entry, EntryKind, HardState, InitialState, Membership, Message, NodeId, PlantedBug,
-    RaftError, RawNode, ReadMode, Rng, Role,
+    Config, Entry, EntryKind, HardState, InitialState, Membership, Message, MessageBody, NodeId,
+    PlantedBug, RaftError, RawNode, ReadMode, Rng, Role, SnapshotMeta,
 };
 
 use skiff_storage::{CrashOptions, SimulatedFileSystem, SimulatedStorage, Storage, StorageConfig};
@@ -186,6 +189,8 @@ enum Partition {
 }
 
 struct DiskWrite {
+    /// A snapshot received from the leader, installed before the entries.
+    snapshot: Option<(SnapshotMeta, Bytes)>,
     hard_state: Option<HardState>,
     entries: Vec<Entry>,
     after_persist: Vec<Message>,
@@ -206,6 +211,8 @@ struct SimNode {
     disk_slow_until: u64,
     kv: KvState,
     applied_index: u64,
+    /// Index of the member's latest snapshot (its log is compacted up to here).
+    snapshot_index: u64,
     tick_micros: u64,
     pending_commands: BTreeSet<(usize, u64)>,
     pending_reads: BTreeMap<u64, (usize, u64, String)>,
@@ -251,6 +258,8 @@ pub struct World {
     max_attempts: u32,
     log_read_percent: u64,
     isolate_new_leader_percent: u64,
+    /// Take a snapshot and compact the log every this many applied entries (0: never).
+    snapshot_every: u64,
     // checkers
     leaders_by_term: BTreeMap<u64, NodeId>,
     committed: Vec<(u64, u64)>,
@@ -346,6 +355,7 @@ impl World {
                     disk_slow_until: 0,
                     kv: KvState::default(),
                     applied_index: 0,
+                    snapshot_index: 0,
                     tick_micros,
                     pending_commands: BTreeSet::new(),
                     pending_reads: BTreeMap::new(),
@@ -370,6 +380,7 @@ impl World {
         let log_read_percent = [0, 50, 100][rng.range(0, 3) as usize];
         let max_attempts = rng.range(2, 6) as u32;
         let isolate_new_leader_percent = [20, 40, 70][rng.range(0, 3) as usize];
+        let snapshot_every = [0, 0, 40, 300][rng.range(0, 4) as usize];
         let mut world = World {
             options,
             rng,
@@ -389,6 +400,7 @@ impl World {
             max_attempts,
             log_read_percent,
             isolate_new_leader_percent,
+            snapshot_every,
             leaders_by_term: BTreeMap::new(),
             committed: Vec::new(),
             acknowledged: BTreeMap::new(),
@@ -398,7 +410,7 @@ impl World {
             trace_tail: VecDeque::new(),
         };
         world.trace(format!(
-            "setup nodes={size} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}%",
+            "setup nodes={size} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}% snapshot_every={}",
             world.keys.len(),
             world.config.pre_vote,
             world.config.check_quorum,
@@ -408,6 +420,7 @@ impl World {
             world.config.max_uncommitted_bytes,
             world.log_read_percent,
             world.isolate_new_leader_percent,
+            world.snapshot_every,
         ));
         let ids: Vec<NodeId> = world.nodes.keys().copied().collect();
         for id in ids {
@@ -738,19 +751,32 @@ impl World {
             self.violate("durability", format!("n{id} {problem}"));
             return;
         }
+        let mut kv = KvState::default();
+        let mut applied = 0;
+        if let Some(meta) = &recovered.snapshot {
+            match read_snapshot(&storage, meta) {
+                Ok(state) => kv = state,
+                Err(detail) => {
+                    self.violate("snapshot", format!("n{id} {detail}"));
+                    return;
+                }
+            }
+            applied = meta.index;
+        }
         node.storage = Some(storage);
         let initial = InitialState {
             hard_state: recovered.hard_state,
-            snapshot: None,
+            snapshot: recovered.snapshot,
             entries: recovered.entries,
             membership: self.membership.clone(),
-            applied: 0,
+            applied,
         };
         node.raw = Some(RawNode::new(config, initial).expect("valid config"));
-        node.kv = KvState::default();
-        node.applied_index = 0;
+        node.kv = kv;
+        node.applied_index = applied;
+        node.snapshot_index = applied;
         node.last_commit = 0;
-        node.checked_commit = 0;
+        node.checked_commit = applied;
         node.last_role = Role::Follower;
         let incarnation = node.incarnation;
         let tick = node.tick_micros;
@@ -778,7 +804,7 @@ impl World {
         let mut storage = node.storage.take().expect("up");
         let unsynced = node.disk.len();
         for write in node.disk.drain(..) {
-            if write_to(&mut storage, &write).is_err() {
+            if write_to(&mut storage, &write, true).is_err() {
                 break;
             }
         }
@@ -819,7 +845,14 @@ impl World {
                 }
                 self.nodes.get_mut(&id).expect("member").last_role = soft.role;
             }
-            let needs_disk = ready.hard_state.is_some() || !ready.entries.is_empty();
+            if let Some((meta, data)) = &ready.snapshot {
+                if let Err(detail) = self.install_snapshot(id, meta, data) {
+                    self.violate("snapshot", detail);
+                    return;
+                }
+            }
+            let needs_disk =
+                ready.hard_state.is_some() || !ready.entries.is_empty() || ready.snapshot.is_some();
             for message in ready.messages {
                 self.send(message);
             }
@@ -829,6 +862,7 @@ impl World {
                 let previous = node.disk.back().map_or(0, |write| write.done_at);
                 let done_at = previous.max(self.now) + latency;
                 node.disk.push_back(DiskWrite {
+                    snapshot: ready.snapshot,
                     hard_state: ready.hard_state,
                     entries: ready.entries,
                     after_persist: ready.messages_after_persist,
@@ -852,6 +886,7 @@ impl World {
                 }
             }
             self.apply(id, ready.committed_entries);
+            self.maybe_snapshot(id);
             for read in ready.read_states {
                 self.on_read_state(id, read.context, read.index);
             }
@@ -895,8 +930,23 @@ impl World {
         }
         // Leader completeness: the new leader holds every committed entry.
         let raw = self.nodes[&id].raw.as_ref().expect("up");
+        let compacted = raw.status().first_index - 1;
         for (offset, (entry_term, hash)) in self.committed.iter().enumerate() {
             let index = offset as u64 + 1;
+            if index < compacted {
+                continue; // covered by the snapshot, whose own entry is checked next
+            }
+            if index == compacted {
+                if raw.term_of(index) != Some(*entry_term) {
+                    let detail = format!(
+                        "leader n{id} of term {term} has a snapshot at {index} of term {:?}, committed term {entry_term}",
+                        raw.term_of(index)
+                    );
+                    self.violate("leader completeness", detail);
+                    return;
+                }
+                continue;
+            }
             match raw.entry(index) {
                 Some(entry) if entry.term == *entry_term && entry_hash(entry) == *hash => {}
                 other => {
@@ -927,7 +977,9 @@ impl World {
         }
         let mut problem = None;
         let mut new_committed = Vec::new();
-        for index in node.checked_commit + 1..=status.commit {
+        // Entries this member has compacted were checked when it applied them.
+        let from = node.checked_commit.max(status.first_index - 1);
+        for index in from + 1..=status.commit {
             let entry = raw.entry(index).expect("committed entry is held");
             let hash = entry_hash(entry);
             match self.committed.get(index as usize - 1) {
@@ -992,9 +1044,18 @@ impl World {
                     .and_then(|entries| entries.first().map(|entry| entry.term))
                     .unwrap_or(0)
             };
+            let (snapshot_index, snapshot_term) = storage
+                .snapshot_meta()
+                .map_or((0, 0), |meta| (meta.index, meta.term));
             let last_index = storage.last_index();
-            let last_term = term_at(storage, last_index);
-            let holds = last_index >= index && term_at(storage, index) == term;
+            let last_term = if last_index == snapshot_index {
+                snapshot_term
+            } else {
+                term_at(storage, last_index)
+            };
+            // A snapshot only ever covers committed entries.
+            let holds =
+                index <= snapshot_index || (last_index >= index && term_at(storage, index) == term);
             logs.push((node.id, last_term, last_index, holds));
         }
         let majority = self.nodes.len() / 2 + 1;
@@ -1017,6 +1078,73 @@ impl World {
             }
         }
         None
+    }
+
+    /// Installs a snapshot received from the leader into the member's state machine (its
+    /// disk write follows with the Ready's other writes).
+    fn install_snapshot(
+        &mut self,
+        id: NodeId,
+        meta: &SnapshotMeta,
+        data: &Bytes,
+    ) -> Result<(), String> {
+        match self.committed.get(meta.index as usize - 1) {
+            Some((term, _)) if *term == meta.term => {}
+            other => return Err(format!(
+                "n{id} got a snapshot at {} of term {} but the cluster committed {other:?} there",
+                meta.index, meta.term
+            )),
+        }
+        let kv =
+            KvState::decode(data).ok_or_else(|| format!("n{id} got an undecodable snapshot"))?;
+        self.trace(format!(
+            "n{id} installs snapshot at {} (term {})",
+            meta.index, meta.term
+        ));
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.kv = kv;
+        node.applied_index = meta.index;
+        node.snapshot_index = meta.index;
+        node.checked_commit = node.checked_commit.max(meta.index);
+        Ok(())
+    }
+
+    /// Takes a snapshot of the state machine and compacts the log, every `snapshot_every`
+    /// applied entries.
+    fn maybe_snapshot(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("member");
+        if self.snapshot_every == 0
+            || node.applied_index < node.snapshot_index + self.snapshot_every
+            || !node.disk.is_empty()
+        {
+            return;
+        }
+        let Some(raw) = node.raw.as_mut() else {
+            return;
+        };
+        let index = node.applied_index;
+        let term = raw.term_of(index).expect("applied entry is held");
+        let meta = SnapshotMeta {
+            index,
+            term,
+            membership: raw.membership().clone(),
+        };
+        let data = node.kv.encode();
+        let storage = node.storage.as_mut().expect("up");
+        let stored = storage.begin_snapshot(meta.clone()).and_then(|mut writer| {
+            writer.write_all(&data).map_err(|error| {
+                skiff_storage::StorageError::from_io("write", "snapshot", error)
+            })?;
+            storage.finish_snapshot(writer)
+        });
+        let compacted = stored.and_then(|()| storage.compact(index));
+        if let Err(error) = compacted {
+            self.violate("storage", format!("n{id} snapshot failed: {error}"));
+            return;
+        }
+        raw.compact(index);
+        node.snapshot_index = index;
+        self.trace(format!("n{id} snapshot at {index} (term {term})"));
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
@@ -1130,7 +1258,24 @@ impl World {
 
     // ----- network ---------------------------------------------------------------------
 
-    fn send(&mut self, message: Message) {
+    fn send(&mut self, mut message: Message) {
+        if let MessageBody::InstallSnapshot { meta, data } = &mut message.body {
+            // The core leaves the payload to the application: attach the stored snapshot.
+            let sender = &self.nodes[&message.from];
+            let stored = sender
+                .storage
+                .as_ref()
+                .ok_or_else(|| "sender is down".to_string())
+                .and_then(|storage| read_snapshot_bytes(storage, meta));
+            match stored {
+                Ok(bytes) => *data = bytes,
+                Err(detail) => {
+                    let detail = format!("n{} cannot send its snapshot: {detail}", message.from);
+                    self.violate("snapshot", detail);
+                    return;
+                }
+            }
+        }
         if self.blocked.contains(&(message.from, message.to))
             || (self.drop_percent > 0 && self.rng.chance(self.drop_percent, 100))
         {
@@ -1468,7 +1613,7 @@ impl World {
             }
         }
         let storage = node.storage.as_mut().expect("up");
-        let synced = write_to(storage, &write).and_then(|()| storage.sync());
+        let synced = write_to(storage, &write, false).and_then(|()| storage.sync());
         if let Err(error) = synced {
             self.violate("storage", format!("n{id} write failed: {error}"));
             return;
@@ -1488,19 +1633,19 @@ impl World {
 
     fn final_checks(&mut self) {
         // Log matching: any two members whose logs hold an entry with the same index and
-        // term hold identical logs up to it.
-        let logs: Vec<(NodeId, Vec<(u64, u64)>)> = self
+        // term hold identical logs up to it (over the range both still hold).
+        let logs: Vec<(NodeId, BTreeMap<u64, (u64, u64)>)> = self
             .nodes
             .values()
             .filter_map(|node| {
                 let raw = node.raw.as_ref()?;
-                let last = raw.status().last_index;
+                let status = raw.status();
                 Some((
                     node.id,
-                    (1..=last)
+                    (status.first_index..=status.last_index)
                         .map(|index| {
                             let entry = raw.entry(index).expect("held");
-                            (entry.term, entry_hash(entry))
+                            (index, (entry.term, entry_hash(entry)))
                         })
                         .collect(),
                 ))
@@ -1508,12 +1653,23 @@ impl World {
             .collect();
         for (position, (a, log_a)) in logs.iter().enumerate() {
             for (b, log_b) in &logs[position + 1..] {
-                let common = log_a.len().min(log_b.len());
-                if let Some(last_match) = (0..common).rev().find(|i| log_a[*i].0 == log_b[*i].0) {
-                    if log_a[..=last_match] != log_b[..=last_match] {
+                let common: Vec<u64> = log_a
+                    .keys()
+                    .filter(|index| log_b.contains_key(index))
+                    .copied()
+                    .collect();
+                let last_match = common
+                    .iter()
+                    .rev()
+                    .find(|index| log_a[index].0 == log_b[index].0);
+                if let Some(last_match) = last_match {
+                    let differs = common
+                        .iter()
+                        .take_while(|index| *index <= last_match)
+                        .any(|index| log_a[index] != log_b[index]);
+                    if differs {
                         let detail = format!(
-                            "n{a} and n{b} agree on entry {} but differ before it",
-                            last_match + 1
+                            "n{a} and n{b} agree on entry {last_match} but differ before it"
                         );
                         self.violate("log matching", detail);
                         return;
@@ -1527,6 +1683,9 @@ impl World {
                 break;
             };
             let raw = self.nodes[&leader].raw.as_ref().expect("up");
+            if index < raw.status().first_index {
+                continue; // inside the leader's snapshot, which holds only committed state
+            }
             let command = raw
                 .entry(index)
                 .and_then(|entry| Command::decode(&entry.data));
@@ -1567,8 +1726,31 @@ impl World {
     }
 }
 
-/// Hands one Ready's writes to the store (buffered until the next sync).
-fn write_to(storage: &mut SimulatedStorage, write: &DiskWrite) -> skiff_storage::Result<()> {
+/// Hands one Ready's writes to the store (buffered until the next sync). A snapshot is
+/// installed the way the store requires: drop the old log durably, publish, compact.
+/// `crashing`: the member is going down, so only plain buffered writes reach the disk.
+fn write_to(
+    storage: &mut SimulatedStorage,
+    write: &DiskWrite,
+    crashing: bool,
+) -> skiff_storage::Result<()> {
+    if let Some((meta, data)) = &write.snapshot {
+        if crashing {
+            return Err(skiff_storage::StorageError::InvalidRequest(
+                "crash before the snapshot was installed".into(),
+            ));
+        }
+        if storage.last_index() >= storage.first_index() {
+            storage.truncate(storage.first_index())?;
+        }
+        storage.sync()?;
+        let mut writer = storage.begin_snapshot(meta.clone())?;
+        writer
+            .write_all(data)
+            .map_err(|error| skiff_storage::StorageError::from_io("write", "snapshot", error))?;
+        storage.finish_snapshot(writer)?;
+        storage.compact(meta.index)?;
+    }
     if !write.entries.is_empty() {
         storage.append(&write.entries)?;
     }
@@ -1608,4 +1790,26 @@ fn debug_body(body: &skiff_raft::MessageBody) -> String {
         ),
         other => format!("{other:?}"),
     }
+}
+
+/// The bytes of the member's stored snapshot, which must be the one `meta` describes.
+fn read_snapshot_bytes(storage: &SimulatedStorage, meta: &SnapshotMeta) -> Result<Bytes, String> {
+    let Some((stored, mut reader)) = storage.open_snapshot().map_err(|error| error.to_string())?
+    else {
+        return Err("no snapshot stored".into());
+    };
+    if stored.index != meta.index || stored.term != meta.term {
+        return Err(format!("stored snapshot {stored:?} is not {meta:?}"));
+    }
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("reading the snapshot: {error}"))?;
+    Ok(Bytes::from(bytes))
+}
+
+/// The state machine stored in the member's snapshot.
+fn read_snapshot(storage: &SimulatedStorage, meta: &SnapshotMeta) -> Result<KvState, String> {
+    let bytes = read_snapshot_bytes(storage, meta)?;
+    KvState::decode(&bytes).ok_or_else(|| "stored snapshot does not decode".to_string())
 }
