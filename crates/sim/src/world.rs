@@ -272,6 +272,9 @@ pub struct World {
 
 const TRACE_TAIL_LINES: usize = 60;
 
+/// index -> (term, hash) of the entries a member holds.
+type EntryDigests = BTreeMap<u64, (u64, u64)>;
+
 fn entry_hash(entry: &Entry) -> u64 {
     let mut hash = Fnv::new();
     hash.write_u64(entry.term);
@@ -1090,10 +1093,12 @@ impl World {
     ) -> Result<(), String> {
         match self.committed.get(meta.index as usize - 1) {
             Some((term, _)) if *term == meta.term => {}
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "n{id} got a snapshot at {} of term {} but the cluster committed {other:?} there",
                 meta.index, meta.term
-            )),
+            ))
+            }
         }
         let kv =
             KvState::decode(data).ok_or_else(|| format!("n{id} got an undecodable snapshot"))?;
@@ -1634,7 +1639,7 @@ impl World {
     fn final_checks(&mut self) {
         // Log matching: any two members whose logs hold an entry with the same index and
         // term hold identical logs up to it (over the range both still hold).
-        let logs: Vec<(NodeId, BTreeMap<u64, (u64, u64)>)> = self
+        let logs: Vec<(NodeId, EntryDigests)> = self
             .nodes
             .values()
             .filter_map(|node| {
