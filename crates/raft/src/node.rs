@@ -1221,8 +1221,12 @@ impl RawNode {
                 }
                 sent = true;
             }
-            let state = self.progress[&peer].state;
-            if !sent && (self.commit_changed || state == ProgressState::Probe) {
+            let progress = &self.progress[&peer];
+            // A follower that holds entries up to its match but has not been told they are
+            // committed hears it now rather than at the next heartbeat.
+            let commit_unknown =
+                progress.commit_sent < self.log.committed().min(progress.match_index);
+            if !sent && (commit_unknown || progress.state == ProgressState::Probe) {
                 self.send_append(peer, true, false);
             }
         }
@@ -1269,6 +1273,10 @@ impl RawNode {
             }
         }
         let commit = self.log.committed();
+        let progress = self.progress.get_mut(&to).expect("checked above");
+        progress.commit_sent = progress
+            .commit_sent
+            .max(commit.min(progress.next_index - 1));
         self.send(
             to,
             MessageBody::AppendEntries {
@@ -1331,6 +1339,8 @@ impl RawNode {
             .map(|(id, progress)| (*id, committed.min(progress.match_index)))
             .collect();
         for (to, commit) in targets {
+            let progress = self.progress.get_mut(&to).expect("member");
+            progress.commit_sent = progress.commit_sent.max(commit);
             self.send(to, MessageBody::Heartbeat { commit, sequence });
         }
     }

@@ -104,6 +104,9 @@ pub struct Progress {
     /// `match_index` when the previous heartbeat response arrived; a replicate pipeline
     /// that made no progress between two responses is probed at its tail.
     pub match_at_last_heartbeat: u64,
+    /// Highest commit index sent to this member that it could apply (capped at what the
+    /// leader had sent it), so a late acknowledgement still learns the commit at once.
+    pub commit_sent: u64,
 }
 
 impl Progress {
@@ -118,6 +121,7 @@ impl Progress {
             recent_active: false,
             acked_heartbeat: 0,
             match_at_last_heartbeat: 0,
+            commit_sent: 0,
         }
     }
 

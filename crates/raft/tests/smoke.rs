@@ -38,3 +38,42 @@ fn election_happens_by_timeout_alone() {
         .expect("a new leader after the old one stops");
     assert_ne!(next, leader);
 }
+
+#[test]
+fn a_follower_whose_ack_arrives_after_the_commit_learns_it_without_a_heartbeat() {
+    let mut cluster = Cluster::new(3, |config| config);
+    cluster.elect(1);
+    // Member 3 is probed (one message in flight, then paused until it answers).
+    cluster.node_mut(1).report_unreachable(3);
+    cluster.propose(1, b"x").unwrap();
+    cluster.process(1);
+    while cluster.deliver_one() {}
+    cluster.process(2);
+    cluster.process(3);
+    // Member 2's answer commits the entry while member 3 is paused; member 3's answer
+    // arrives afterwards, when the commit index no longer changes.
+    let answer_of_3: Vec<_> = cluster
+        .network
+        .iter()
+        .filter(|message| message.from == 3)
+        .cloned()
+        .collect();
+    cluster.network.retain(|message| message.from != 3);
+    while cluster.deliver_one() {}
+    cluster.process(1);
+    let commit = cluster.node(1).status().commit;
+    while cluster.deliver_one() {}
+    cluster.process(2);
+    cluster.process(3);
+    cluster.network.clear();
+    for message in answer_of_3 {
+        cluster.send(message);
+    }
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).status().commit, commit);
+    assert_eq!(
+        cluster.node(3).status().commit,
+        commit,
+        "member 3 learned the commit without waiting for a heartbeat"
+    );
+}
