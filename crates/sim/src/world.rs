@@ -170,6 +170,10 @@ enum Fault {
         node: NodeId,
         down_ms: u64,
     },
+    /// Restore links a partition cut.
+    Unblock {
+        links: Vec<(NodeId, NodeId)>,
+    },
     /// Restore the links an `Isolate` cut.
     Rejoin {
         node: NodeId,
@@ -207,6 +211,9 @@ struct SimNode {
     storage: Option<SimulatedStorage>,
     /// The newest hard state a sync returned for; recovery must never go behind it.
     synced_hard_state: HardState,
+    /// What the member's disk holds for sure: its snapshot (index, term) and the term of
+    /// every synced entry after it. Kept across crashes, for the electability invariant.
+    durable: DurableLog,
     disk: VecDeque<DiskWrite>,
     disk_slow_until: u64,
     kv: KvState,
@@ -354,6 +361,7 @@ impl World {
                     file_system: SimulatedFileSystem::new(),
                     storage: None,
                     synced_hard_state: HardState::default(),
+                    durable: DurableLog::default(),
                     disk: VecDeque::new(),
                     disk_slow_until: 0,
                     kv: KvState::default(),
@@ -565,7 +573,8 @@ impl World {
         self.trace(format!("fault {fault:?}"));
         match fault {
             Fault::Partition(kind) => {
-                self.blocked.clear();
+                // Partitions overlap; each one lasts for its own duration.
+                let before = self.blocked.clone();
                 match kind {
                     Partition::Split => self.split(None),
                     Partition::OneWay => {
@@ -587,10 +596,14 @@ impl World {
                     }
                 }
                 self.trace(format!("blocked links {:?}", self.blocked));
-                if self.rng.chance(1, 2) {
-                    // A flapping link: this partition heals by itself soon.
-                    let duration = self.rng.range(20, 800) * MICROS_PER_MILLI;
-                    self.schedule(duration, Event::Fault(Fault::HealPartition));
+                let links: Vec<(NodeId, NodeId)> =
+                    self.blocked.difference(&before).copied().collect();
+                let duration = self.rng.range(50, 1_500) * MICROS_PER_MILLI;
+                self.schedule(duration, Event::Fault(Fault::Unblock { links }));
+            }
+            Fault::Unblock { links } => {
+                for link in links {
+                    self.blocked.remove(&link);
                 }
             }
             Fault::HealPartition => self.blocked.clear(),
@@ -754,6 +767,7 @@ impl World {
             self.violate("durability", format!("n{id} {problem}"));
             return;
         }
+        node.durable = DurableLog::from_recovered(recovered.snapshot.as_ref(), &recovered.entries);
         let mut kv = KvState::default();
         let mut applied = 0;
         if let Some(meta) = &recovered.snapshot {
@@ -903,13 +917,13 @@ impl World {
         if !self.healed && self.rng.chance(self.isolate_new_leader_percent, 100) {
             // A nemesis that targets fresh leaders: cut this one off within a few
             // milliseconds, before or while it replicates its first entries.
-            let delay = match self.rng.range(0, 3) {
-                0 => self.rng.range(0, 300),
-                1 => self.rng.range(0, 5 * MICROS_PER_MILLI),
+            let delay = match self.rng.range(0, 4) {
+                0 | 1 => self.rng.range(0, 300),
+                2 => self.rng.range(0, 5 * MICROS_PER_MILLI),
                 _ => self.rng.range(0, 30 * MICROS_PER_MILLI),
             };
             let duration_micros = self.rng.range(20, 1_000) * MICROS_PER_MILLI;
-            let fault = if self.rng.chance(1, 2) {
+            let fault = if self.rng.chance(3, 4) {
                 Fault::Isolate {
                     node: id,
                     duration_micros,
@@ -1032,35 +1046,23 @@ impl World {
     /// crashed and restarted now): every member whose disk holds the newest committed entry
     /// has a log strictly more up to date than any member whose disk lacks it, so a member
     /// lacking it can never collect a majority of votes. Returns the member that could.
-    fn electable_without_committed(&mut self) -> Option<String> {
+    fn electable_without_committed(&self) -> Option<String> {
         let index = self.committed.len() as u64;
         let (term, _) = *self.committed.last()?;
-        let mut logs: Vec<(NodeId, u64, u64, bool)> = Vec::new();
-        for node in self.nodes.values_mut() {
-            let Some(storage) = node.storage.as_mut() else {
-                continue;
-            };
-            let term_at = |storage: &mut SimulatedStorage, at: u64| -> u64 {
-                storage
-                    .entries(at, at + 1, u64::MAX)
-                    .ok()
-                    .and_then(|entries| entries.first().map(|entry| entry.term))
-                    .unwrap_or(0)
-            };
-            let (snapshot_index, snapshot_term) = storage
-                .snapshot_meta()
-                .map_or((0, 0), |meta| (meta.index, meta.term));
-            let last_index = storage.last_index();
-            let last_term = if last_index == snapshot_index {
-                snapshot_term
-            } else {
-                term_at(storage, last_index)
-            };
-            // A snapshot only ever covers committed entries.
-            let holds =
-                index <= snapshot_index || (last_index >= index && term_at(storage, index) == term);
-            logs.push((node.id, last_term, last_index, holds));
-        }
+        // Down members count too: they restart from their disks.
+        let logs: Vec<(NodeId, u64, u64, bool)> = self
+            .nodes
+            .values()
+            .map(|node| {
+                let (last_index, last_term) = node.durable.last();
+                (
+                    node.id,
+                    last_term,
+                    last_index,
+                    node.durable.holds(index, term),
+                )
+            })
+            .collect();
         let majority = self.nodes.len() / 2 + 1;
         for (candidate, last_term, last_index, holds) in &logs {
             if *holds {
@@ -1626,6 +1628,10 @@ impl World {
         if let Some(hard_state) = write.hard_state {
             node.synced_hard_state = hard_state;
         }
+        if let Some((meta, _)) = &write.snapshot {
+            node.durable.install(meta.index, meta.term);
+        }
+        node.durable.append(&write.entries);
         let raw = node.raw.as_mut().expect("up");
         if let Some(last) = write.entries.last() {
             raw.on_persisted(last.index, last.term);
@@ -1817,4 +1823,55 @@ fn read_snapshot_bytes(storage: &SimulatedStorage, meta: &SnapshotMeta) -> Resul
 fn read_snapshot(storage: &SimulatedStorage, meta: &SnapshotMeta) -> Result<KvState, String> {
     let bytes = read_snapshot_bytes(storage, meta)?;
     KvState::decode(&bytes).ok_or_else(|| "stored snapshot does not decode".to_string())
+}
+
+/// The synced part of a member's log, as (index, term) facts.
+#[derive(Clone, Debug, Default)]
+struct DurableLog {
+    snapshot_index: u64,
+    snapshot_term: u64,
+    /// Terms of the entries after the snapshot.
+    terms: Vec<u64>,
+}
+
+impl DurableLog {
+    fn from_recovered(snapshot: Option<&SnapshotMeta>, entries: &[Entry]) -> DurableLog {
+        let mut log = DurableLog::default();
+        if let Some(meta) = snapshot {
+            log.install(meta.index, meta.term);
+        }
+        log.append(entries);
+        log
+    }
+
+    fn install(&mut self, index: u64, term: u64) {
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+        self.terms.clear();
+    }
+
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        let keep = first.index.saturating_sub(self.snapshot_index + 1) as usize;
+        self.terms.truncate(keep);
+        self.terms.extend(entries.iter().map(|entry| entry.term));
+    }
+
+    /// (last index, last term).
+    fn last(&self) -> (u64, u64) {
+        let last_index = self.snapshot_index + self.terms.len() as u64;
+        (
+            last_index,
+            *self.terms.last().unwrap_or(&self.snapshot_term),
+        )
+    }
+
+    /// True if the durable log holds entry `(index, term)` (a snapshot holds only
+    /// committed entries, so anything it covers counts as held).
+    fn holds(&self, index: u64, term: u64) -> bool {
+        index <= self.snapshot_index
+            || self.terms.get((index - self.snapshot_index - 1) as usize) == Some(&term)
+    }
 }
