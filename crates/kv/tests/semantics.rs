@@ -1209,3 +1209,107 @@ fn config_validation() {
     })
     .is_err());
 }
+
+#[test]
+fn a_put_moves_a_key_between_leases() {
+    let mut h = Harness::new();
+    h.grant(1, 60, 0);
+    h.grant(2, 60, 0);
+    h.put_lease("k", "v", 1);
+    h.put_lease("k", "v", 2);
+    assert!(h.store.lease_time_to_live(1, true, 0).keys.is_empty());
+    assert_eq!(h.store.lease_time_to_live(2, true, 0).keys, [b("k")]);
+    h.ok(Operation::DeleteRange(delete("k", "")));
+    assert!(
+        h.store.lease_time_to_live(2, true, 0).keys.is_empty(),
+        "a delete detaches the key"
+    );
+    let revision = h.store.current_revision();
+    h.ok(Operation::LeaseRevoke { id: 2 });
+    assert_eq!(h.store.current_revision(), revision);
+}
+
+#[test]
+fn nesting_is_bounded_in_decoding_and_validation() {
+    let nest = |depth: usize| {
+        let mut txn = TxnRequest::default();
+        for _ in 0..depth {
+            txn = TxnRequest {
+                compare: vec![],
+                success: vec![RequestOp::Txn(txn)],
+                failure: vec![],
+            };
+        }
+        Command::new(Operation::Txn(txn))
+    };
+    let shallow = nest(MAX_DECODE_DEPTH);
+    assert_eq!(Command::decode(&shallow.encode()).unwrap(), shallow);
+    assert!(Command::decode(&nest(MAX_DECODE_DEPTH + 1).encode()).is_err());
+    let mut h = Harness::with_config(KvConfig {
+        max_txn_depth: 3,
+        ..KvConfig::default()
+    });
+    h.ok(nest(2).operation);
+    assert_eq!(h.err(nest(3).operation), KvError::TooManyOps);
+    assert_eq!(h.store.validate_command(&nest(3)), Err(KvError::TooManyOps));
+}
+
+#[test]
+fn a_range_inside_a_txn_may_read_the_past() {
+    let mut h = Harness::new();
+    h.put("k", "old"); // 2
+    let (revision, response) = h.txn(TxnRequest {
+        compare: vec![],
+        success: vec![
+            RequestOp::Put(put("k", "new")),
+            RequestOp::Range(RangeRequest {
+                revision: 2,
+                ..range("k", "")
+            }),
+            RequestOp::Range(range("k", "")),
+        ],
+        failure: vec![],
+    });
+    assert_eq!(revision, 3);
+    let values: Vec<_> = response.responses[1..]
+        .iter()
+        .map(|op| match op {
+            ResponseOp::Range(read) => read.kvs[0].value.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(values, [b("old"), b("new")]);
+}
+
+#[test]
+fn snapshot_io_errors_are_reported() {
+    struct Failing;
+    impl std::io::Write for Failing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Harness::new();
+    h.put("a", "1");
+    assert!(matches!(
+        h.store.snapshot(Failing),
+        Err(SnapshotError::Io(_))
+    ));
+    assert!(matches!(
+        Store::restore(&b"not a snapshot"[..], KvConfig::default()),
+        Err(SnapshotError::Corrupt(_))
+    ));
+    let mut bytes = Vec::new();
+    h.store.snapshot(&mut bytes).unwrap();
+    let restored = Store::restore(&bytes[..], KvConfig::default()).unwrap();
+    assert_eq!(restored.hash_kv(0), h.store.hash_kv(0));
+    assert_eq!(restored.applied_index(), 1);
+    let invalid = KvConfig {
+        max_sessions: 0,
+        ..KvConfig::default()
+    };
+    assert!(Store::restore(&bytes[..], invalid).is_err());
+}
