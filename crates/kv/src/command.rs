@@ -79,7 +79,7 @@ pub enum Operation {
         /// Leader time of the renewal.
         now_ms: i64,
     },
-    /// Revokes every lease expired at `now_ms` (at most `max_leases`, lowest ID first), each at its
+    /// Revokes every lease expired at `now_ms` (at most `max_leases`, earliest deadline first), each at its
     /// own revision, as if the leader had proposed one revoke per lease.
     ExpireLeases {
         /// Leader time.

@@ -267,7 +267,7 @@ impl Store {
                 renewed_at_ms: record.renewed_at_ms,
                 keys: BTreeSet::new(),
             };
-            store.leases.insert(record.id, lease);
+            store.insert_lease(record.id, lease);
         }
         let mut sessions = BTreeMap::new();
         for _ in 0..header.session_count {
@@ -285,6 +285,14 @@ impl Store {
         corrupt(
             sessions.len() <= store.config.max_sessions,
             "more sessions than max_sessions",
+        )?;
+        store.session_order = sessions
+            .iter()
+            .map(|(client_id, session)| (session.last_index, *client_id))
+            .collect();
+        corrupt(
+            store.session_order.len() == sessions.len(),
+            "sessions share a last index",
         )?;
         store.sessions = sessions;
         let expected = input.crc.finish();

@@ -73,6 +73,10 @@ pub struct Store {
     pub(crate) applied_index: u64,
     pub(crate) leases: BTreeMap<i64, Lease>,
     pub(crate) sessions: BTreeMap<u64, Session>,
+    /// Derived index: (deadline, lease ID) of every lease, for `expired_leases`.
+    pub(crate) lease_deadlines: BTreeSet<(i64, i64)>,
+    /// Derived index: (last index used, client ID) of every session, for eviction.
+    pub(crate) session_order: BTreeSet<(u64, u64)>,
 }
 
 /// The key range of a request, normalised.
@@ -251,6 +255,8 @@ impl Store {
             applied_index: 0,
             leases: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            lease_deadlines: BTreeSet::new(),
+            session_order: BTreeSet::new(),
         })
     }
 
@@ -326,6 +332,65 @@ impl Store {
         }
     }
 
+    /// Checks every internal invariant and panics on a violation: the revision index and the key
+    /// versions name each other, revisions increase and stay at or below the store revision, every
+    /// live key is in its lease's key set and nowhere else, and the derived lease and session
+    /// indexes match. `O(state)`: for tests, simulators and debug checks.
+    pub fn check_invariants(&self) {
+        assert!(self.current_revision >= 1);
+        assert!(self.compact_revision >= -1 && self.compact_revision <= self.current_revision);
+        let mut stored = 0;
+        let mut lease_keys: BTreeMap<i64, BTreeSet<Bytes>> = BTreeMap::new();
+        for (key, versions) in &self.keys {
+            assert!(!versions.is_empty(), "no empty key histories");
+            for pair in versions.windows(2) {
+                assert!(pair[0].revision < pair[1].revision, "versions increase");
+            }
+            for version in versions {
+                stored += 1;
+                assert!(
+                    version.revision.main <= self.current_revision && version.revision.main >= 2
+                );
+                assert_eq!(
+                    self.revisions.get(&version.revision),
+                    Some(key),
+                    "revision index"
+                );
+                if let Some(kv) = &version.kv {
+                    assert_eq!((&kv.key, kv.mod_revision), (key, version.revision.main));
+                }
+            }
+            if let Some(kv) = latest(versions) {
+                if kv.lease != 0 {
+                    lease_keys.entry(kv.lease).or_default().insert(key.clone());
+                }
+            }
+        }
+        assert_eq!(
+            stored,
+            self.revisions.len(),
+            "revision index has no extra entries"
+        );
+        for (id, lease) in &self.leases {
+            assert_eq!(
+                lease.keys,
+                lease_keys.remove(id).unwrap_or_default(),
+                "lease {id} keys"
+            );
+            assert!(self.lease_deadlines.contains(&(lease.deadline_ms(), *id)));
+        }
+        assert!(lease_keys.is_empty(), "keys attached to unknown leases");
+        assert_eq!(self.lease_deadlines.len(), self.leases.len());
+        assert_eq!(self.session_order.len(), self.sessions.len());
+        for (client_id, session) in &self.sessions {
+            assert!(self
+                .session_order
+                .contains(&(session.last_index, *client_id)));
+            assert!(session.last_index <= self.applied_index);
+        }
+        assert!(self.sessions.len() <= self.config.max_sessions);
+    }
+
     fn check_txn_static(
         &self,
         txn: &TxnRequest,
@@ -358,13 +423,20 @@ impl Store {
     }
 
     /// Applies one committed command. Deterministic: the same commands at the same indexes give the
-    /// same responses, events and state on every member.
+    /// same responses, events and state on every member. `index` must be above `applied_index()`
+    /// (after a restart or a snapshot install the caller skips entries already applied); a smaller
+    /// one is a bug in the caller and panics.
     pub fn apply(&mut self, index: u64, command: &Command) -> Applied {
         self.advance_applied_index(index);
         if let Some(request_id) = command.request_id {
             if let Some(session) = self.sessions.get_mut(&request_id.client_id) {
                 if request_id.sequence == session.sequence {
+                    let moved = self
+                        .session_order
+                        .remove(&(session.last_index, request_id.client_id));
+                    assert!(moved, "every session is in the eviction order");
                     session.last_index = index;
+                    self.session_order.insert((index, request_id.client_id));
                     return Applied {
                         response: session.response.clone(),
                         events: Vec::new(),
@@ -402,20 +474,28 @@ impl Store {
             last_index: index,
             response: response.clone(),
         };
-        self.sessions.insert(request_id.client_id, session);
+        if let Some(replaced) = self.sessions.insert(request_id.client_id, session) {
+            let moved = self
+                .session_order
+                .remove(&(replaced.last_index, request_id.client_id));
+            assert!(moved, "every session is in the eviction order");
+        }
+        self.session_order.insert((index, request_id.client_id));
         if self.sessions.len() > self.config.max_sessions {
-            let (&oldest, _) = self
-                .sessions
-                .iter()
-                .min_by_key(|(client_id, session)| (session.last_index, **client_id))
+            let (_, oldest) = self
+                .session_order
+                .pop_first()
                 .expect("session table is not empty");
             assert_ne!(
                 oldest, request_id.client_id,
                 "the session just used is the newest"
             );
-            self.sessions.remove(&oldest);
+            self.sessions
+                .remove(&oldest)
+                .expect("the eviction order names sessions");
         }
-        debug_assert!(self.sessions.len() <= self.config.max_sessions);
+        assert!(self.sessions.len() <= self.config.max_sessions);
+        debug_assert_eq!(self.sessions.len(), self.session_order.len());
     }
 
     fn apply_operation(
@@ -470,8 +550,9 @@ impl Store {
                 (Ok(ResponseBody::ExpireLeases { revoked }), events)
             }
             Operation::LeasePromote { now_ms } => {
-                for lease in self.leases.values_mut() {
-                    lease.renewed_at_ms = *now_ms;
+                let ids: Vec<i64> = self.leases.keys().copied().collect();
+                for id in ids {
+                    self.renew(id, *now_ms);
                 }
                 no_events(Ok(ResponseBody::LeasePromote))
             }
@@ -818,7 +899,7 @@ impl Store {
             return Err(KvError::LeaseExists);
         }
         let ttl_seconds = ttl_seconds.max(self.config.min_lease_ttl_seconds);
-        self.leases.insert(
+        self.insert_lease(
             id,
             Lease {
                 ttl_seconds,
@@ -830,6 +911,23 @@ impl Store {
             id,
             ttl: ttl_seconds,
         })
+    }
+
+    pub(crate) fn insert_lease(&mut self, id: i64, lease: Lease) {
+        self.lease_deadlines.insert((lease.deadline_ms(), id));
+        let replaced = self.leases.insert(id, lease);
+        assert!(replaced.is_none(), "lease IDs are unique");
+    }
+
+    fn renew(&mut self, id: i64, now_ms: i64) {
+        let lease = self
+            .leases
+            .get_mut(&id)
+            .expect("renewal of an existing lease");
+        let moved = self.lease_deadlines.remove(&(lease.deadline_ms(), id));
+        assert!(moved, "every lease is in the deadline index");
+        lease.renewed_at_ms = now_ms;
+        self.lease_deadlines.insert((lease.deadline_ms(), id));
     }
 
     /// Deletes the lease's keys in one write request (one revision) and forgets the lease.
@@ -849,28 +947,28 @@ impl Store {
             lease.keys.is_empty(),
             "deleting a lease's keys detaches them all"
         );
+        let removed = self.lease_deadlines.remove(&(lease.deadline_ms(), id));
+        assert!(removed, "every lease is in the deadline index");
         self.end_write(context)
     }
 
     fn lease_keep_alive(&mut self, id: i64, now_ms: i64) -> LeaseKeepAliveResponse {
-        match self.leases.get_mut(&id) {
+        match self.leases.get(&id) {
             Some(lease) if !lease.expired_at(now_ms) => {
-                lease.renewed_at_ms = now_ms;
-                LeaseKeepAliveResponse {
-                    id,
-                    ttl: lease.ttl_seconds,
-                }
+                let ttl = lease.ttl_seconds;
+                self.renew(id, now_ms);
+                LeaseKeepAliveResponse { id, ttl }
             }
             _ => LeaseKeepAliveResponse { id, ttl: 0 },
         }
     }
 
-    /// Leases expired at `now_ms`, lowest ID first, at most `limit`.
+    /// Leases expired at `now_ms`, earliest deadline first (then lowest ID), at most `limit`.
+    /// `O(limit · log n)`: the leader may ask on every tick.
     pub fn expired_leases(&self, now_ms: i64, limit: usize) -> Vec<i64> {
-        self.leases
-            .iter()
-            .filter(|(_, lease)| lease.expired_at(now_ms))
-            .map(|(id, _)| *id)
+        self.lease_deadlines
+            .range(..=(now_ms, i64::MAX))
+            .map(|(_, id)| *id)
             .take(limit)
             .collect()
     }

@@ -163,10 +163,11 @@ impl<T: Wire> Wire for Vec<T> {
         }
     }
     fn get(input: &mut Input<'_>) -> Result<Self, DecodeError> {
-        // Every element takes at least one byte except empty structs, which allocate nothing; the
-        // count is bounded by the input either way.
+        // The count is bounded by the bytes left, but an element may be much larger in memory than
+        // its one-byte minimum encoding: reserve a bounded amount and let the vector grow with the
+        // elements actually decoded.
         let count = input.length()?;
-        let mut items = Vec::with_capacity(count);
+        let mut items = Vec::with_capacity(count.min(64));
         for _ in 0..count {
             items.push(T::get(input)?);
         }

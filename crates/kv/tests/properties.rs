@@ -191,6 +191,7 @@ fn snapshot_bytes(store: &Store) -> Vec<u8> {
 }
 
 /// Everything a client could observe of a store, to compare two stores.
+#[allow(clippy::type_complexity)]
 fn observe(
     store: &Store,
 ) -> (
@@ -200,8 +201,10 @@ fn observe(
     HashKvResponse,
     RangeResponse,
     Vec<i64>,
+    Vec<i64>,
     WatchEvents,
 ) {
+    store.check_invariants();
     let all = RangeRequest {
         key: Bytes::from_static(b"\0"),
         range_end: Bytes::from_static(b"\0"),
@@ -214,18 +217,36 @@ fn observe(
         store.hash_kv(0).unwrap(),
         store.range(&all).unwrap(),
         store.lease_leases(),
+        store.expired_leases(i64::MAX, usize::MAX),
         store.events_since(b"", b"\0", store.compact_revision().max(1), 0),
     )
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
     #[test]
     fn command_encoding_round_trips(command in command()) {
         let bytes = command.encode();
         prop_assert_eq!(bytes[0], COMMAND_FORMAT_VERSION);
         prop_assert_eq!(Command::decode(&bytes).unwrap(), command);
+    }
+
+    #[test]
+    fn extreme_integers_round_trip(
+        client_id in any::<u64>(),
+        sequence in any::<u64>(),
+        id in any::<i64>(),
+        ttl_seconds in any::<i64>(),
+        now_ms in any::<i64>(),
+    ) {
+        let command = Command {
+            request_id: Some(RequestId { client_id, sequence }),
+            operation: Operation::LeaseGrant { id, ttl_seconds, now_ms },
+        };
+        prop_assert_eq!(Command::decode(&command.encode()).unwrap(), command);
+        for value in [i64::MIN, i64::MAX, -1, 0] {
+            let command = Command::new(Operation::LeaseKeepAlive { id: value, now_ms: value });
+            prop_assert_eq!(Command::decode(&command.encode()).unwrap(), command);
+        }
     }
 
     #[test]
@@ -259,6 +280,7 @@ proptest! {
         let mut original = Store::new(config()).unwrap();
         for (index, command) in commands[..split].iter().enumerate() {
             original.apply(index as u64 + 1, command);
+            original.check_invariants();
         }
         let bytes = snapshot_bytes(&original);
         let mut restored = Store::restore(&bytes[..], config()).unwrap();

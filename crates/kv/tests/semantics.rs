@@ -961,7 +961,7 @@ fn keep_alive_and_expiry_decided_by_leader_time() {
     assert_eq!(
         applied.response.result,
         Ok(ResponseBody::ExpireLeases {
-            revoked: vec![1, 2]
+            revoked: vec![2, 1]
         })
     );
     let revisions: Vec<_> = applied
@@ -971,7 +971,7 @@ fn keep_alive_and_expiry_decided_by_leader_time() {
         .collect();
     assert_eq!(
         revisions,
-        [(b("one"), 4), (b("two"), 5)],
+        [(b("two"), 4), (b("one"), 5)],
         "each lease is revoked at its own revision"
     );
     assert!(h.store.lease_leases().is_empty());
@@ -980,14 +980,14 @@ fn keep_alive_and_expiry_decided_by_leader_time() {
     h.ok(Operation::LeasePromote { now_ms: 100_000 });
     assert!(h.store.expired_leases(109_999, 10).is_empty());
     assert_eq!(h.store.expired_leases(110_000, 10), [3]);
-    // ExpireLeases is bounded.
+    // ExpireLeases is bounded and takes the earliest deadline first.
     h.grant(4, 10, 0);
     let (_, body) = h.ok(Operation::ExpireLeases {
         now_ms: 200_000,
         max_leases: 1,
     });
-    assert_eq!(body, ResponseBody::ExpireLeases { revoked: vec![3] });
-    assert_eq!(h.store.lease_leases(), [4]);
+    assert_eq!(body, ResponseBody::ExpireLeases { revoked: vec![4] });
+    assert_eq!(h.store.lease_leases(), [3]);
 }
 
 #[test]

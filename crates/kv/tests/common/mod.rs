@@ -61,7 +61,9 @@ impl Harness {
 
     pub fn command(&mut self, command: &Command) -> Applied {
         self.index += 1;
-        self.store.apply(self.index, command)
+        let applied = self.store.apply(self.index, command);
+        self.store.check_invariants();
+        applied
     }
 
     pub fn apply(&mut self, operation: Operation) -> Applied {
