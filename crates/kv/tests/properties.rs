@@ -318,18 +318,24 @@ proptest! {
         prop_assert!(Store::restore(&longer[..], config()).is_err());
     }
 
-    /// The latest key space matches a plain map driven by the same puts and deletes, versions count
-    /// puts since creation, and the events of each apply are what `events_since` returns later.
+    /// Every revision's key space matches a plain map driven by the same puts and deletes
+    /// (versions count puts since creation), before and after a compaction at a random revision;
+    /// and the events of each apply are what `events_since` returns later.
     #[test]
-    fn latest_state_matches_a_model(commands in prop::collection::vec(
-        prop_oneof![
-            3 => (key(), value()).prop_map(|(key, value)| Operation::Put(PutRequest { key, value, ..PutRequest::default() })),
-            1 => (key(), range_end()).prop_map(|(key, range_end)| Operation::DeleteRange(DeleteRangeRequest { key, range_end, prev_kv: false })),
-        ],
-        0..80,
-    )) {
+    fn every_revision_matches_a_model(
+        commands in prop::collection::vec(
+            prop_oneof![
+                3 => (key(), value()).prop_map(|(key, value)| Operation::Put(PutRequest { key, value, ..PutRequest::default() })),
+                1 => (key(), range_end()).prop_map(|(key, range_end)| Operation::DeleteRange(DeleteRangeRequest { key, range_end, prev_kv: false })),
+            ],
+            0..80,
+        ),
+        compact_at in any::<prop::sample::Index>(),
+    ) {
+        type Model = BTreeMap<Bytes, (Bytes, i64, i64)>;
         let mut store = Store::new(KvConfig::default()).unwrap();
-        let mut model: BTreeMap<Bytes, (Bytes, i64, i64)> = BTreeMap::new();
+        let mut model = Model::new();
+        let mut history: BTreeMap<i64, Model> = BTreeMap::from([(1, Model::new())]);
         let mut all_events = Vec::new();
         for (index, operation) in commands.iter().enumerate() {
             let applied = store.apply(index as u64 + 1, &Command::new(operation.clone()));
@@ -355,13 +361,39 @@ proptest! {
                 }
                 _ => unreachable!(),
             }
+            history.insert(revision, model.clone());
             all_events.extend(applied.events);
         }
-        let all = RangeRequest { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(b"\0"), ..RangeRequest::default() };
-        let actual: BTreeMap<Bytes, (Bytes, i64, i64)> = store.range(&all).unwrap().kvs.into_iter()
-            .map(|kv| (kv.key, (kv.value, kv.create_revision, kv.version))).collect();
-        prop_assert_eq!(actual, model);
+        let current = store.current_revision();
+        prop_assert_eq!(history.len() as i64, current, "one model per revision");
+        let read = |store: &Store, revision: i64| -> Result<Model, KvError> {
+            let all = RangeRequest {
+                key: Bytes::from_static(b"\0"),
+                range_end: Bytes::from_static(b"\0"),
+                revision,
+                ..RangeRequest::default()
+            };
+            Ok(store.range(&all)?.kvs.into_iter().map(|kv| (kv.key, (kv.value, kv.create_revision, kv.version))).collect())
+        };
+        for (revision, expected) in &history {
+            prop_assert_eq!(&read(&store, *revision).unwrap(), expected);
+        }
         let WatchEvents::Events { events, .. } = store.events_since(b"\0", b"\0", 1, 1_000_000) else { panic!() };
-        prop_assert_eq!(events, all_events);
+        prop_assert_eq!(&events, &all_events);
+
+        let compact_at = compact_at.index(current as usize) as i64 + 1;
+        store.apply(commands.len() as u64 + 1, &Command::new(Operation::Compact(CompactionRequest { revision: compact_at, physical: false })));
+        store.check_invariants();
+        for (revision, expected) in &history {
+            if *revision < compact_at {
+                prop_assert_eq!(read(&store, *revision), Err(KvError::Compacted));
+            } else {
+                prop_assert_eq!(&read(&store, *revision).unwrap(), expected);
+            }
+        }
+        prop_assert_eq!(store.events_since(b"\0", b"\0", compact_at - 1, 0), WatchEvents::Compacted { compact_revision: compact_at });
+        let WatchEvents::Events { events, .. } = store.events_since(b"\0", b"\0", compact_at + 1, 1_000_000) else { panic!() };
+        let expected: Vec<Event> = all_events.into_iter().filter(|event| event.kv.mod_revision > compact_at).collect();
+        prop_assert_eq!(events, expected);
     }
 }
