@@ -243,14 +243,16 @@ impl Store {
             }
             let replaced = store.revisions.insert(revision, record.key.clone());
             corrupt(replaced.is_none(), "revision used twice")?;
+            let version = StoredVersion {
+                revision,
+                kv: record.kv,
+            };
+            store.stored_bytes += version.size_bytes(&record.key);
             store
                 .keys
                 .entry(record.key.clone())
                 .or_default()
-                .push(StoredVersion {
-                    revision,
-                    kv: record.kv,
-                });
+                .push(version);
             previous = Some((record.key, revision));
         }
         let mut previous_lease = None;

@@ -44,6 +44,14 @@ pub(crate) struct Lease {
     pub(crate) keys: BTreeSet<Bytes>,
 }
 
+impl StoredVersion {
+    /// What a version costs, approximately: its key and value plus a fixed overhead.
+    pub(crate) fn size_bytes(&self, key: &[u8]) -> u64 {
+        const OVERHEAD_BYTES: u64 = 64;
+        OVERHEAD_BYTES + key.len() as u64 + self.kv.as_ref().map_or(0, |kv| kv.value.len() as u64)
+    }
+}
+
 impl Lease {
     fn deadline_ms(&self) -> i64 {
         self.renewed_at_ms
@@ -77,6 +85,8 @@ pub struct Store {
     pub(crate) lease_deadlines: BTreeSet<(i64, i64)>,
     /// Derived index: (last index used, client ID) of every session, for eviction.
     pub(crate) session_order: BTreeSet<(u64, u64)>,
+    /// Approximate bytes held by stored versions (see `StoredVersion::size_bytes`).
+    pub(crate) stored_bytes: u64,
 }
 
 /// The key range of a request, normalised.
@@ -257,6 +267,7 @@ impl Store {
             sessions: BTreeMap::new(),
             lease_deadlines: BTreeSet::new(),
             session_order: BTreeSet::new(),
+            stored_bytes: 0,
         })
     }
 
@@ -273,6 +284,12 @@ impl Store {
     /// The revision of the last compaction, -1 if none.
     pub fn compact_revision(&self) -> i64 {
         self.compact_revision
+    }
+
+    /// Approximate bytes of key space held, every version since the last compaction included
+    /// (for Status `dbSize` and a space quota).
+    pub fn approximate_size_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     /// The Raft index of the last applied command.
@@ -340,6 +357,7 @@ impl Store {
         assert!(self.current_revision >= 1);
         assert!(self.compact_revision >= -1 && self.compact_revision <= self.current_revision);
         let mut stored = 0;
+        let mut stored_bytes = 0;
         let mut lease_keys: BTreeMap<i64, BTreeSet<Bytes>> = BTreeMap::new();
         for (key, versions) in &self.keys {
             assert!(!versions.is_empty(), "no empty key histories");
@@ -348,6 +366,7 @@ impl Store {
             }
             for version in versions {
                 stored += 1;
+                stored_bytes += version.size_bytes(key);
                 assert!(
                     version.revision.main <= self.current_revision && version.revision.main >= 2
                 );
@@ -371,6 +390,7 @@ impl Store {
             self.revisions.len(),
             "revision index has no extra entries"
         );
+        assert_eq!(stored_bytes, self.stored_bytes, "size accounting");
         for (id, lease) in &self.leases {
             assert_eq!(
                 lease.keys,
@@ -732,7 +752,9 @@ impl Store {
         if let Some(last) = versions.last() {
             assert!(last.revision < revision, "revisions of a key increase");
         }
-        versions.push(StoredVersion { revision, kv });
+        let version = StoredVersion { revision, kv };
+        self.stored_bytes += version.size_bytes(key);
+        versions.push(version);
         let replaced = self.revisions.insert(revision, key.clone());
         assert!(replaced.is_none(), "a revision is used once");
     }
@@ -876,6 +898,7 @@ impl Store {
                 Some(newest) => newest + 1,
             };
             for version in versions.drain(..keep_from) {
+                self.stored_bytes -= version.size_bytes(key);
                 self.revisions.remove(&version.revision);
             }
             if versions.is_empty() {

@@ -361,6 +361,8 @@ fn compaction_keeps_the_newest_version_at_or_below() {
     h.ok(Operation::DeleteRange(delete("gone", ""))); // 5
     h.put("later", "y"); // 6
     let hash_before = h.store.hash_kv(6).unwrap();
+    let size_before = h.store.approximate_size_bytes();
+    assert!(size_before > 0);
     h.ok(Operation::Compact(CompactionRequest {
         revision: 5,
         physical: true,
@@ -386,6 +388,10 @@ fn compaction_keeps_the_newest_version_at_or_below() {
         .kvs
         .is_empty());
     assert_eq!(h.keys(&range("\0", "\0")), ["keep", "later"]);
+    assert!(
+        h.store.approximate_size_bytes() < size_before,
+        "compaction frees space"
+    );
     assert_ne!(h.store.hash_kv(6).unwrap(), hash_before);
     assert_eq!(h.store.hash_kv(6).unwrap().compact_revision, 5);
     assert_eq!(
