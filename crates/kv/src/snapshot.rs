@@ -274,6 +274,10 @@ impl Store {
         let mut sessions = BTreeMap::new();
         for _ in 0..header.session_count {
             let record: SessionRecord = input.read_record()?;
+            corrupt(
+                record.last_index <= header.applied_index,
+                "session used after the applied index",
+            )?;
             let session = Session {
                 sequence: record.sequence,
                 last_index: record.last_index,
