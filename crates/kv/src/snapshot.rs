@@ -1,0 +1,329 @@
+//! Snapshot and restore of the whole state as a byte stream.
+//!
+//! Format: the magic `SKIFFKV\x01`; then records, each a little-endian `u32` length and that many
+//! bytes (a tag byte, then fields in the `wire` encoding); then a little-endian `u32` CRC-32 of every
+//! byte before it. Records: one header (applied index, current and compact revision, counts), then
+//! every stored version in key and revision order, every lease, every client session. Records are
+//! written and read one at a time, so a large state is never held twice in memory; a restore builds
+//! a new `Store` and returns it only after the checksum matched, so a bad stream changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+
+use bytes::Bytes;
+
+use crate::command::Response;
+use crate::config::KvConfig;
+use crate::crc::Crc32;
+use crate::error::{DecodeError, SnapshotError};
+use crate::store::{Lease, Revision, Session, Store, StoredVersion};
+use crate::types::KeyValue;
+use crate::wire::{decode_all, encode, Input, Wire};
+
+const MAGIC: &[u8; 8] = b"SKIFFKV\x01";
+const TAG_HEADER: u8 = 1;
+const TAG_VERSION: u8 = 2;
+const TAG_LEASE: u8 = 3;
+const TAG_SESSION: u8 = 4;
+
+struct Header {
+    applied_index: u64,
+    current_revision: i64,
+    compact_revision: i64,
+    version_count: u64,
+    lease_count: u64,
+    session_count: u64,
+}
+
+struct VersionRecord {
+    key: Bytes,
+    main: i64,
+    sub: i64,
+    kv: Option<KeyValue>,
+}
+
+struct LeaseRecord {
+    id: i64,
+    ttl_seconds: i64,
+    renewed_at_ms: i64,
+}
+
+struct SessionRecord {
+    client_id: u64,
+    sequence: u64,
+    last_index: u64,
+    response: Response,
+}
+
+macro_rules! record {
+    ($name:ident, $tag:expr, { $($field:ident),* }) => {
+        impl Wire for $name {
+            fn put(&self, out: &mut Vec<u8>) {
+                out.push($tag);
+                $( self.$field.put(out); )*
+            }
+            fn get(input: &mut Input<'_>) -> Result<Self, DecodeError> {
+                if <u64 as Wire>::get(input)? != $tag as u64 {
+                    return Err(DecodeError(concat!("expected a ", stringify!($name))));
+                }
+                Ok($name { $( $field: Wire::get(input)?, )* })
+            }
+        }
+    };
+}
+
+record!(Header, TAG_HEADER, { applied_index, current_revision, compact_revision, version_count, lease_count, session_count });
+record!(VersionRecord, TAG_VERSION, { key, main, sub, kv });
+record!(LeaseRecord, TAG_LEASE, { id, ttl_seconds, renewed_at_ms });
+record!(SessionRecord, TAG_SESSION, { client_id, sequence, last_index, response });
+
+struct ChecksumWriter<W> {
+    inner: W,
+    crc: Crc32,
+}
+
+impl<W: Write> ChecksumWriter<W> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.crc.update(bytes);
+        self.inner.write_all(bytes)
+    }
+
+    fn write_record<T: Wire>(&mut self, record: &T) -> std::io::Result<()> {
+        let bytes = encode(record);
+        let length = u32::try_from(bytes.len())
+            .map_err(|_| std::io::Error::other("snapshot record over 4 GiB"))?;
+        self.write_bytes(&length.to_le_bytes())?;
+        self.write_bytes(&bytes)
+    }
+}
+
+struct ChecksumReader<R> {
+    inner: R,
+    crc: Crc32,
+    buffer: Vec<u8>,
+}
+
+impl<R: Read> ChecksumReader<R> {
+    fn read_exact_bytes(&mut self, bytes: &mut [u8]) -> Result<(), SnapshotError> {
+        self.inner.read_exact(bytes).map_err(truncated)?;
+        self.crc.update(bytes);
+        Ok(())
+    }
+
+    fn read_record<T: Wire>(&mut self) -> Result<T, SnapshotError> {
+        let mut length = [0u8; 4];
+        self.read_exact_bytes(&mut length)?;
+        let length = u32::from_le_bytes(length) as u64;
+        // Grow the buffer with the data actually read, so a garbage length allocates nothing big.
+        self.buffer.clear();
+        let read = (&mut self.inner)
+            .take(length)
+            .read_to_end(&mut self.buffer)?;
+        if read as u64 != length {
+            return Err(SnapshotError::Corrupt("truncated record"));
+        }
+        self.crc.update(&self.buffer);
+        Ok(decode_all(&self.buffer)?)
+    }
+}
+
+fn truncated(error: std::io::Error) -> SnapshotError {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        SnapshotError::Corrupt("truncated snapshot")
+    } else {
+        SnapshotError::Io(error)
+    }
+}
+
+impl Store {
+    /// Writes the whole state to `writer` (buffer it: many small writes are made).
+    pub fn snapshot<W: Write>(&self, writer: W) -> Result<(), SnapshotError> {
+        let mut out = ChecksumWriter {
+            inner: writer,
+            crc: Crc32::default(),
+        };
+        out.write_bytes(MAGIC)?;
+        out.write_record(&Header {
+            applied_index: self.applied_index,
+            current_revision: self.current_revision,
+            compact_revision: self.compact_revision,
+            version_count: self.revisions.len() as u64,
+            lease_count: self.leases.len() as u64,
+            session_count: self.sessions.len() as u64,
+        })?;
+        for (key, versions) in &self.keys {
+            for version in versions {
+                out.write_record(&VersionRecord {
+                    key: key.clone(),
+                    main: version.revision.main,
+                    sub: version.revision.sub,
+                    kv: version.kv.clone(),
+                })?;
+            }
+        }
+        for (id, lease) in &self.leases {
+            out.write_record(&LeaseRecord {
+                id: *id,
+                ttl_seconds: lease.ttl_seconds,
+                renewed_at_ms: lease.renewed_at_ms,
+            })?;
+        }
+        for (client_id, session) in &self.sessions {
+            out.write_record(&SessionRecord {
+                client_id: *client_id,
+                sequence: session.sequence,
+                last_index: session.last_index,
+                response: session.response.clone(),
+            })?;
+        }
+        let checksum = out.crc.finish();
+        out.inner.write_all(&checksum.to_le_bytes())?;
+        out.inner.flush()?;
+        Ok(())
+    }
+
+    /// Reads a state written by `snapshot`. Checks the checksum and the store's invariants; on any
+    /// error nothing is returned.
+    pub fn restore<R: Read>(reader: R, config: KvConfig) -> Result<Store, SnapshotError> {
+        let mut store = Store::new(config).map_err(|_| SnapshotError::Corrupt("invalid config"))?;
+        let mut input = ChecksumReader {
+            inner: reader,
+            crc: Crc32::default(),
+            buffer: Vec::new(),
+        };
+        let mut magic = [0u8; 8];
+        input.read_exact_bytes(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(SnapshotError::Corrupt("not a skiff-kv snapshot"));
+        }
+        let header: Header = input.read_record()?;
+        let corrupt = |ok: bool, what: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SnapshotError::Corrupt(what))
+            }
+        };
+        corrupt(header.current_revision >= 1, "current revision below 1")?;
+        corrupt(
+            header.compact_revision >= -1 && header.compact_revision <= header.current_revision,
+            "compact revision out of range",
+        )?;
+        store.applied_index = header.applied_index;
+        store.current_revision = header.current_revision;
+        store.compact_revision = header.compact_revision;
+        let mut previous: Option<(Bytes, Revision)> = None;
+        for _ in 0..header.version_count {
+            let record: VersionRecord = input.read_record()?;
+            let revision = Revision {
+                main: record.main,
+                sub: record.sub,
+            };
+            corrupt(
+                record.main >= 2 && record.main <= header.current_revision && record.sub >= 0,
+                "version revision out of range",
+            )?;
+            if let Some(kv) = &record.kv {
+                corrupt(
+                    kv.key == record.key && kv.mod_revision == record.main,
+                    "version does not match its record",
+                )?;
+                corrupt(
+                    kv.version >= 1
+                        && kv.create_revision >= 1
+                        && kv.create_revision <= kv.mod_revision,
+                    "bad version fields",
+                )?;
+            }
+            if let Some((previous_key, previous_revision)) = &previous {
+                corrupt(
+                    (previous_key, *previous_revision) < (&record.key, revision),
+                    "versions out of order",
+                )?;
+            }
+            let replaced = store.revisions.insert(revision, record.key.clone());
+            corrupt(replaced.is_none(), "revision used twice")?;
+            let version = StoredVersion {
+                revision,
+                kv: record.kv,
+            };
+            store.stored_bytes += version.size_bytes(&record.key);
+            store
+                .keys
+                .entry(record.key.clone())
+                .or_default()
+                .push(version);
+            previous = Some((record.key, revision));
+        }
+        let mut previous_lease = None;
+        for _ in 0..header.lease_count {
+            let record: LeaseRecord = input.read_record()?;
+            corrupt(
+                previous_lease < Some(record.id) && record.id != 0,
+                "leases out of order",
+            )?;
+            corrupt(record.ttl_seconds >= 1, "lease TTL below 1")?;
+            previous_lease = Some(record.id);
+            let lease = Lease {
+                ttl_seconds: record.ttl_seconds,
+                renewed_at_ms: record.renewed_at_ms,
+                keys: BTreeSet::new(),
+            };
+            store.insert_lease(record.id, lease);
+        }
+        let mut sessions = BTreeMap::new();
+        for _ in 0..header.session_count {
+            let record: SessionRecord = input.read_record()?;
+            corrupt(
+                record.last_index <= header.applied_index,
+                "session used after the applied index",
+            )?;
+            let session = Session {
+                sequence: record.sequence,
+                last_index: record.last_index,
+                response: record.response,
+            };
+            corrupt(
+                sessions.insert(record.client_id, session).is_none(),
+                "session listed twice",
+            )?;
+        }
+        corrupt(
+            sessions.len() <= store.config.max_sessions,
+            "more sessions than max_sessions",
+        )?;
+        store.session_order = sessions
+            .iter()
+            .map(|(client_id, session)| (session.last_index, *client_id))
+            .collect();
+        corrupt(
+            store.session_order.len() == sessions.len(),
+            "sessions share a last index",
+        )?;
+        store.sessions = sessions;
+        let expected = input.crc.finish();
+        let mut checksum = [0u8; 4];
+        input.inner.read_exact(&mut checksum).map_err(truncated)?;
+        corrupt(
+            u32::from_le_bytes(checksum) == expected,
+            "checksum mismatch",
+        )?;
+        let mut extra = [0u8; 1];
+        corrupt(
+            input.inner.read(&mut extra)? == 0,
+            "bytes after the checksum",
+        )?;
+        for (key, versions) in &store.keys {
+            if let Some(kv) = versions.last().and_then(|version| version.kv.as_ref()) {
+                if kv.lease != 0 {
+                    let lease = store
+                        .leases
+                        .get_mut(&kv.lease)
+                        .ok_or(SnapshotError::Corrupt("key on an unknown lease"))?;
+                    lease.keys.insert(key.clone());
+                }
+            }
+        }
+        Ok(store)
+    }
+}
