@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use skiff_cli::bench::{
-    self, BenchConfig, ConnectionConfig, Consistency, PutConfig, RangeConfig, Workload,
+    self, BenchConfig, ConnectionConfig, Consistency, LeaseKeepaliveConfig, PutConfig, RangeConfig,
+    TxnPutConfig, WatchLatencyConfig, Workload,
 };
 use skiff_etcd_proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
 
@@ -189,6 +190,45 @@ async fn put_and_range_against_etcd() {
             let report = bench::run(&range).await.expect("range benchmark runs");
             assert_eq!(report.stats.failed(), 0, "{:?}", report.stats.errors);
             assert_eq!(report.stats.succeeded(), 200);
+        }
+
+        // The other workloads, briefly: every request must succeed.
+        let others = [
+            (
+                Workload::TxnPut(TxnPutConfig {
+                    total: 100,
+                    txn_ops: 3,
+                    key_space_size: 50,
+                    ..TxnPutConfig::default()
+                }),
+                100,
+            ),
+            (
+                Workload::LeaseKeepalive(LeaseKeepaliveConfig { total: 100 }),
+                100,
+            ),
+            // Each of the 4 clients sees each of the 20 puts.
+            (
+                Workload::WatchLatency(WatchLatencyConfig {
+                    total: 20,
+                    put_rate: 200,
+                    ..WatchLatencyConfig::default()
+                }),
+                80,
+            ),
+        ];
+        for (workload, expected) in others {
+            let name = workload.name();
+            let report = bench::run(&config(&etcd.client_address, workload))
+                .await
+                .unwrap_or_else(|error| panic!("{name} runs: {error}"));
+            assert_eq!(
+                report.stats.failed(),
+                0,
+                "{name}: {:?}",
+                report.stats.errors
+            );
+            assert_eq!(report.stats.succeeded(), expected, "{name}");
         }
     })
     .await

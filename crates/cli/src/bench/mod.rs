@@ -368,7 +368,7 @@ impl Report {
 
     /// One line of JSON with requests/s, average and percentile latencies.
     pub fn json_line(&self) -> String {
-        report::render_json_line(self.workload, &self.stats)
+        report::render_json_line(self.workload, &self.endpoints, &self.stats)
     }
 }
 

@@ -184,17 +184,40 @@ pub fn render_text(stats: &Stats) -> String {
     text
 }
 
-/// One line of JSON for scripts: workload, counts, requests/s and latencies in ms.
-pub fn render_json_line(workload: &str, stats: &Stats) -> String {
+/// A JSON string literal (quotes, backslashes and control characters escaped).
+fn json_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for character in text.chars() {
+        match character {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            control if (control as u32) < 0x20 => {
+                let _ = write!(quoted, "\\u{:04x}", control as u32);
+            }
+            other => quoted.push(other),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// One line of JSON for scripts: workload, endpoints, counts, requests/s and latencies in ms.
+pub fn render_json_line(workload: &str, endpoints: &[String], stats: &Stats) -> String {
     let milliseconds = |secs: f64| secs * 1000.0;
+    let endpoints: Vec<String> = endpoints
+        .iter()
+        .map(|endpoint| json_string(endpoint))
+        .collect();
     format!(
         concat!(
-            "{{\"workload\":\"{}\",\"succeeded\":{},\"failed\":{},\"total_secs\":{:.6},",
+            "{{\"workload\":{},\"endpoints\":[{}],\"succeeded\":{},\"failed\":{},\"total_secs\":{:.6},",
             "\"requests_per_sec\":{:.3},\"average_ms\":{:.4},\"stddev_ms\":{:.4},",
             "\"fastest_ms\":{:.4},\"slowest_ms\":{:.4},\"p50_ms\":{:.4},\"p90_ms\":{:.4},",
             "\"p99_ms\":{:.4},\"p999_ms\":{:.4}}}"
         ),
-        workload,
+        json_string(workload),
+        endpoints.join(","),
         stats.succeeded(),
         stats.failed(),
         stats.total.as_secs_f64(),
@@ -312,11 +335,10 @@ mod tests {
     #[test]
     fn json_line_has_the_comparison_fields() {
         let stats = stats_of(&[0.001, 0.003], 0.5);
-        let line = render_json_line("put", &stats);
-        assert!(
-            line.starts_with("{\"workload\":\"put\",\"succeeded\":2,\"failed\":0,"),
-            "{line}"
-        );
+        let endpoints = ["http://127.0.0.1:2379".to_string(), "a\"b\\".to_string()];
+        let line = render_json_line("put", &endpoints, &stats);
+        let start = r#"{"workload":"put","endpoints":["http://127.0.0.1:2379","a\"b\\"],"succeeded":2,"failed":0,"#;
+        assert!(line.starts_with(start), "{line}");
         assert!(line.contains("\"requests_per_sec\":4.000,"), "{line}");
         assert!(line.contains("\"average_ms\":2.0000,"), "{line}");
         assert!(line.contains("\"p50_ms\":3.0000,"), "{line}");
