@@ -41,6 +41,40 @@ mod tests {
 
     /// Bytes written by etcd's own (gogoproto) encoder for
     /// `PutRequest{key: "foo", value: "bar", lease: 7, prev_kv: true}`.
+    /// The committed generated code must come from the current .proto files: after
+    /// editing one, run `cargo run --manifest-path crates/etcd-proto/codegen/Cargo.toml`.
+    #[test]
+    fn generated_code_is_newer_than_the_protos() {
+        let sources: [(&str, &str); 3] = [
+            (
+                "etcdserverpb/rpc.proto",
+                include_str!("../proto/etcdserverpb/rpc.proto"),
+            ),
+            ("mvccpb/kv.proto", include_str!("../proto/mvccpb/kv.proto")),
+            (
+                "authpb/auth.proto",
+                include_str!("../proto/authpb/auth.proto"),
+            ),
+        ];
+        let fnv1a = |mut hash: u64, bytes: &[u8]| {
+            for byte in bytes {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            hash
+        };
+        let mut fingerprint: u64 = 0xcbf2_9ce4_8422_2325;
+        for (name, text) in sources {
+            fingerprint = fnv1a(fingerprint, name.as_bytes());
+            fingerprint = fnv1a(fingerprint, text.as_bytes());
+        }
+        assert_eq!(
+            format!("{fingerprint:016x}"),
+            include_str!("generated/proto-fingerprint.txt").trim(),
+            "src/generated/ is stale: regenerate it with the codegen tool"
+        );
+    }
+
     #[test]
     fn put_request_matches_etcd_encoding() {
         let request = PutRequest {
