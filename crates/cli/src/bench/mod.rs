@@ -268,6 +268,19 @@ fn check_range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
+fn check_length(argument: &'static str, bytes: &[u8]) -> Result<(), BenchError> {
+    if bytes.is_empty() || bytes.len() > MAX_KEY_SIZE {
+        return Err(invalid(
+            argument,
+            format!(
+                "must be 1 to {MAX_KEY_SIZE} bytes long, not {}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Bytes needed by Go's `binary.PutVarint` (zig-zag, 7 bits a byte) for `number`.
 pub fn varint_length(number: u64) -> usize {
     let zigzag = number << 1; // non-negative: zig-zag doubles it
@@ -309,9 +322,9 @@ impl BenchConfig {
             }
             Workload::Range(range) => {
                 check_range("--total", range.total, 1, MAX_TOTAL)?;
-                check_range("KEY", range.key.len(), 1, MAX_KEY_SIZE)?;
+                check_length("KEY", &range.key)?;
                 if let Some(end) = &range.range_end {
-                    check_range("END", end.len(), 1, MAX_KEY_SIZE)?;
+                    check_length("END", end)?;
                 }
             }
             Workload::TxnPut(txn) => {
@@ -472,5 +485,17 @@ mod tests {
             ..put_config(PutConfig::default())
         };
         assert_eq!(flag_of(&config), "--put-rate");
+
+        let config = BenchConfig {
+            workload: Workload::Range(RangeConfig {
+                key: Vec::new(),
+                range_end: None,
+                consistency: Consistency::Serializable,
+                total: 1,
+                rate: 0,
+            }),
+            ..put_config(PutConfig::default())
+        };
+        assert_eq!(flag_of(&config), "KEY");
     }
 }
