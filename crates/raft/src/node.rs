@@ -1391,8 +1391,8 @@ impl RawNode {
         {
             // Every member of the acknowledging quorum heard from us after `sent` and will
             // not vote for anyone else for an election timeout of its own clock.
-            let lease = *sent + self.config.election_ticks as u64
-                - self.config.lease_clock_drift_ticks as u64;
+            let lease = (*sent + self.config.election_ticks as u64)
+                .saturating_sub(self.config.lease_clock_drift_ticks as u64);
             self.lease_until_ticks = self.lease_until_ticks.max(lease);
         }
         while let Some(read) = self.pending_reads.front().copied() {
