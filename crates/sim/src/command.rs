@@ -1,10 +1,13 @@
-//! The simulator's replicated state machine: a small key-value store with get, put and
-//! compare-and-set, where every command carries a client id and sequence number so that a
-//! retried command takes effect once (MIT 6.824's duplicate table).
+//! The simulator's client operations (get, put, compare-and-set) and the replicated state
+//! machine they run on: the real `skiff-kv` MVCC store, so the simulator checks the store the
+//! server will use. A get through the log is an etcd Range, a put a Put, a compare-and-set a
+//! Txn comparing the value (or version 0 for "absent"); every command carries a client id and
+//! sequence number, and skiff-kv's session table makes a retried command take effect once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use skiff_kv as kv;
 
 /// A client operation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,224 +71,203 @@ pub struct Command {
     pub op: Op,
 }
 
-fn put_string(buffer: &mut BytesMut, value: &str) {
-    buffer.put_u32(value.len() as u32);
-    buffer.put_slice(value.as_bytes());
-}
-
-fn take_string(bytes: &mut &[u8]) -> Option<String> {
-    let length = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let value = std::str::from_utf8(bytes.get(4..4 + length)?)
-        .ok()?
-        .to_string();
-    *bytes = &bytes[4 + length..];
-    Some(value)
-}
-
-fn take_u64(bytes: &mut &[u8]) -> Option<u64> {
-    let value = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-    *bytes = &bytes[8..];
-    Some(value)
+fn text(bytes: &[u8]) -> Option<String> {
+    String::from_utf8(bytes.to_vec()).ok()
 }
 
 impl Command {
-    /// Encodes the command as a log entry payload.
-    pub fn encode(&self) -> Bytes {
-        let mut buffer = BytesMut::with_capacity(64);
-        buffer.put_u64(self.client);
-        buffer.put_u64(self.seq);
-        match &self.op {
-            Op::Get { key } => {
-                buffer.put_u8(0);
-                put_string(&mut buffer, key);
-            }
-            Op::Put { key, value } => {
-                buffer.put_u8(1);
-                put_string(&mut buffer, key);
-                put_string(&mut buffer, value);
-            }
-            Op::Cas { key, from, to } => {
-                buffer.put_u8(2);
-                put_string(&mut buffer, key);
-                match from {
-                    Some(from) => {
-                        buffer.put_u8(1);
-                        put_string(&mut buffer, from);
+    /// The skiff-kv command this operation becomes.
+    pub fn to_kv(&self) -> kv::Command {
+        let key = Bytes::copy_from_slice(self.op.key().as_bytes());
+        let operation = match &self.op {
+            Op::Get { .. } => kv::Operation::Range(kv::RangeRequest {
+                key,
+                ..kv::RangeRequest::default()
+            }),
+            Op::Put { value, .. } => kv::Operation::Put(kv::PutRequest {
+                key,
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                ..kv::PutRequest::default()
+            }),
+            Op::Cas { from, to, .. } => {
+                let target = match from {
+                    Some(value) => {
+                        kv::CompareTarget::Value(Bytes::copy_from_slice(value.as_bytes()))
                     }
-                    None => buffer.put_u8(0),
-                }
-                put_string(&mut buffer, to);
+                    None => kv::CompareTarget::Version(0),
+                };
+                kv::Operation::Txn(kv::TxnRequest {
+                    compare: vec![kv::Compare {
+                        result: kv::CompareResult::Equal,
+                        target,
+                        key: key.clone(),
+                        range_end: Bytes::new(),
+                    }],
+                    success: vec![kv::RequestOp::Put(kv::PutRequest {
+                        key,
+                        value: Bytes::copy_from_slice(to.as_bytes()),
+                        ..kv::PutRequest::default()
+                    })],
+                    failure: Vec::new(),
+                })
             }
+        };
+        kv::Command {
+            request_id: Some(kv::RequestId {
+                client_id: self.client,
+                sequence: self.seq,
+            }),
+            operation,
         }
-        buffer.freeze()
     }
 
-    /// Decodes a payload; `None` if malformed.
-    pub fn decode(mut bytes: &[u8]) -> Option<Command> {
-        let bytes = &mut bytes;
-        let client = take_u64(bytes)?;
-        let seq = take_u64(bytes)?;
-        let (&tag, rest) = bytes.split_first()?;
-        *bytes = rest;
-        let op = match tag {
-            0 => Op::Get {
-                key: take_string(bytes)?,
+    /// Recognizes a skiff-kv command made by [`Command::to_kv`].
+    pub fn from_kv(command: &kv::Command) -> Option<Command> {
+        let request = command.request_id?;
+        let op = match &command.operation {
+            kv::Operation::Range(range) => Op::Get {
+                key: text(&range.key)?,
             },
-            1 => Op::Put {
-                key: take_string(bytes)?,
-                value: take_string(bytes)?,
+            kv::Operation::Put(put) => Op::Put {
+                key: text(&put.key)?,
+                value: text(&put.value)?,
             },
-            2 => {
-                let key = take_string(bytes)?;
-                let (&present, rest) = bytes.split_first()?;
-                *bytes = rest;
-                let from = if present == 1 {
-                    Some(take_string(bytes)?)
-                } else {
-                    None
+            kv::Operation::Txn(txn) => {
+                let [compare] = txn.compare.as_slice() else {
+                    return None;
+                };
+                let [kv::RequestOp::Put(put)] = txn.success.as_slice() else {
+                    return None;
+                };
+                let from = match &compare.target {
+                    kv::CompareTarget::Value(value) => Some(text(value)?),
+                    kv::CompareTarget::Version(0) => None,
+                    _ => return None,
                 };
                 Op::Cas {
-                    key,
+                    key: text(&put.key)?,
                     from,
-                    to: take_string(bytes)?,
+                    to: text(&put.value)?,
                 }
             }
             _ => return None,
         };
-        bytes.is_empty().then_some(Command { client, seq, op })
+        Some(Command {
+            client: request.client_id,
+            seq: request.sequence,
+            op,
+        })
+    }
+
+    /// Encodes the command as a log entry payload (skiff-kv's wire format).
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(self.to_kv().encode())
+    }
+
+    /// Decodes a payload; `None` if malformed or not a simulator command.
+    pub fn decode(bytes: &[u8]) -> Option<Command> {
+        Command::from_kv(&kv::Command::decode(bytes).ok()?)
     }
 }
 
 /// The outcome of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
-    /// Executed now with this output.
+    /// Executed now, or a retry answered from the session table, with this output.
     Executed(Output),
-    /// A retry of the client's latest command: its earlier output.
-    Duplicate(Output),
     /// A command older than the client's latest: ignored.
     Stale,
 }
 
-/// The key-value state of one member.
-#[derive(Clone, Debug, Default)]
+/// The key-value state of one member: a skiff-kv store, plus the record of which writes
+/// changed it, to prove that none changes it twice.
+#[derive(Debug)]
 pub struct KvState {
-    data: BTreeMap<String, String>,
-    /// Per client: the latest sequence number executed and its output.
-    sessions: BTreeMap<u64, (u64, Output)>,
-    /// Every (client, seq) executed, to prove none executes twice.
+    store: kv::Store,
     executed: BTreeSet<(u64, u64)>,
 }
 
+impl Default for KvState {
+    fn default() -> KvState {
+        KvState {
+            store: kv::Store::new(kv::KvConfig::default()).expect("default config is valid"),
+            executed: BTreeSet::new(),
+        }
+    }
+}
+
 impl KvState {
-    /// The current value of `key`.
+    /// The current value of `key` (a local read, for reads confirmed by ReadIndex).
     pub fn get(&self, key: &str) -> Option<String> {
-        self.data.get(key).cloned()
+        let request = kv::RangeRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            ..kv::RangeRequest::default()
+        };
+        let response = self.store.range(&request).expect("a plain range is valid");
+        response.kvs.first().and_then(|found| text(&found.value))
     }
 
-    /// Applies a command. Returns an error if the command had already been executed,
-    /// which would break exactly-once semantics (a simulator invariant).
-    pub fn apply(&mut self, command: &Command) -> Result<Applied, String> {
-        if let Some((seq, output)) = self.sessions.get(&command.client) {
-            if command.seq == *seq {
-                return Ok(Applied::Duplicate(output.clone()));
-            }
-            if command.seq < *seq {
-                return Ok(Applied::Stale);
-            }
+    /// Marks a log entry that carries no command (a no-op) as applied.
+    pub fn skip(&mut self, index: u64) {
+        self.store.advance_applied_index(index);
+    }
+
+    /// Applies the command at log `index`. Returns an error if a write took effect twice
+    /// (exactly-once broken) or the store answered something a simulator command cannot get.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, String> {
+        let applied = self.store.apply(index, &command.to_kv());
+        if index % 64 == 0 {
+            // The store's full self-check walks every version: often, not always.
+            self.store.check_invariants();
         }
-        if !self.executed.insert((command.client, command.seq)) {
+        if !applied.events.is_empty() && !self.executed.insert((command.client, command.seq)) {
             return Err(format!(
-                "command {}:{} executed twice",
+                "command {}:{} changed the store twice",
                 command.client, command.seq
             ));
         }
-        let output = match &command.op {
-            Op::Get { key } => Output::Value(self.data.get(key).cloned()),
-            Op::Put { key, value } => {
-                self.data.insert(key.clone(), value.clone());
-                Output::Written
+        let output = match applied.response.result {
+            Ok(kv::ResponseBody::Range(range)) => {
+                Output::Value(range.kvs.first().and_then(|found| text(&found.value)))
             }
-            Op::Cas { key, from, to } => {
-                let swapped = self.data.get(key) == from.as_ref();
-                if swapped {
-                    self.data.insert(key.clone(), to.clone());
-                }
-                Output::Swapped(swapped)
-            }
+            Ok(kv::ResponseBody::Put(_)) => Output::Written,
+            Ok(kv::ResponseBody::Txn(txn)) => Output::Swapped(txn.succeeded),
+            Err(kv::KvError::StaleRequest) => return Ok(Applied::Stale),
+            other => return Err(format!("unexpected answer to {command:?}: {other:?}")),
         };
-        self.sessions
-            .insert(command.client, (command.seq, output.clone()));
         Ok(Applied::Executed(output))
     }
-}
 
-fn put_output(buffer: &mut BytesMut, output: &Output) {
-    match output {
-        Output::Value(None) => buffer.put_u8(0),
-        Output::Value(Some(value)) => {
-            buffer.put_u8(1);
-            put_string(buffer, value);
-        }
-        Output::Written => buffer.put_u8(2),
-        Output::Swapped(swapped) => buffer.put_u8(3 + *swapped as u8),
-    }
-}
-
-fn take_output(bytes: &mut &[u8]) -> Option<Output> {
-    let (&tag, rest) = bytes.split_first()?;
-    *bytes = rest;
-    Some(match tag {
-        0 => Output::Value(None),
-        1 => Output::Value(Some(take_string(bytes)?)),
-        2 => Output::Written,
-        3 => Output::Swapped(false),
-        4 => Output::Swapped(true),
-        _ => return None,
-    })
-}
-
-impl KvState {
     /// Serializes the whole state (a snapshot's contents).
     pub fn encode(&self) -> Bytes {
         let mut buffer = BytesMut::new();
-        buffer.put_u64(self.data.len() as u64);
-        for (key, value) in &self.data {
-            put_string(&mut buffer, key);
-            put_string(&mut buffer, value);
-        }
-        buffer.put_u64(self.sessions.len() as u64);
-        for (client, (seq, output)) in &self.sessions {
-            buffer.put_u64(*client);
-            buffer.put_u64(*seq);
-            put_output(&mut buffer, output);
-        }
         buffer.put_u64(self.executed.len() as u64);
         for (client, seq) in &self.executed {
             buffer.put_u64(*client);
             buffer.put_u64(*seq);
         }
-        buffer.freeze()
+        let mut writer = buffer.writer();
+        self.store
+            .snapshot(&mut writer)
+            .expect("writing to memory cannot fail");
+        writer.into_inner().freeze()
     }
 
     /// Inverse of [`KvState::encode`]; `None` if malformed.
-    pub fn decode(mut bytes: &[u8]) -> Option<KvState> {
-        let bytes = &mut bytes;
-        let mut state = KvState::default();
-        for _ in 0..take_u64(bytes)? {
-            let key = take_string(bytes)?;
-            state.data.insert(key, take_string(bytes)?);
+    pub fn decode(bytes: &[u8]) -> Option<KvState> {
+        let mut rest = bytes;
+        let take_u64 = |rest: &mut &[u8]| -> Option<u64> {
+            let value = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+            *rest = &rest[8..];
+            Some(value)
+        };
+        let mut executed = BTreeSet::new();
+        for _ in 0..take_u64(&mut rest)? {
+            let client = take_u64(&mut rest)?;
+            executed.insert((client, take_u64(&mut rest)?));
         }
-        for _ in 0..take_u64(bytes)? {
-            let client = take_u64(bytes)?;
-            let seq = take_u64(bytes)?;
-            state.sessions.insert(client, (seq, take_output(bytes)?));
-        }
-        for _ in 0..take_u64(bytes)? {
-            let client = take_u64(bytes)?;
-            state.executed.insert((client, take_u64(bytes)?));
-        }
-        bytes.is_empty().then_some(state)
+        let store = kv::Store::restore(rest, kv::KvConfig::default()).ok()?;
+        Some(KvState { store, executed })
     }
 }
 
@@ -294,7 +276,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commands_round_trip_and_garbage_is_refused() {
+    fn commands_round_trip_through_skiff_kv_and_garbage_is_refused() {
         let commands = [
             Command {
                 client: 7,
@@ -318,6 +300,15 @@ mod tests {
                     to: "c".into(),
                 },
             },
+            Command {
+                client: 2,
+                seq: 2,
+                op: Op::Cas {
+                    key: "a".into(),
+                    from: Some("c".into()),
+                    to: "d".into(),
+                },
+            },
         ];
         for command in commands {
             let bytes = command.encode();
@@ -327,38 +318,42 @@ mod tests {
     }
 
     #[test]
-    fn retries_apply_once() {
+    fn retries_apply_once_and_snapshots_keep_everything() {
         let mut state = KvState::default();
-        let put = Command {
+        let cas = |seq, from: Option<&str>, to: &str| Command {
             client: 1,
-            seq: 1,
+            seq,
             op: Op::Cas {
                 key: "k".into(),
-                from: None,
-                to: "v".into(),
+                from: from.map(str::to_string),
+                to: to.into(),
             },
         };
+        let first = cas(1, None, "v");
         assert_eq!(
-            state.apply(&put),
+            state.apply(1, &first),
+            Ok(Applied::Executed(Output::Swapped(true)))
+        );
+        // A retry of the same command answers as the first time and changes nothing.
+        assert_eq!(
+            state.apply(2, &first),
             Ok(Applied::Executed(Output::Swapped(true)))
         );
         assert_eq!(
-            state.apply(&put),
-            Ok(Applied::Duplicate(Output::Swapped(true)))
+            state.apply(3, &cas(2, None, "w")),
+            Ok(Applied::Executed(Output::Swapped(false)))
         );
-        let next = Command {
-            client: 1,
-            seq: 2,
-            op: Op::Get { key: "k".into() },
-        };
-        state.apply(&next).unwrap();
-        assert_eq!(state.apply(&put), Ok(Applied::Stale));
-        assert_eq!(state.get("k"), Some("v".into()));
-        // A snapshot keeps the data, the sessions and the exactly-once record.
+        assert_eq!(state.apply(4, &first), Ok(Applied::Stale));
+        assert_eq!(
+            state.apply(5, &cas(3, Some("v"), "x")),
+            Ok(Applied::Executed(Output::Swapped(true)))
+        );
+        state.skip(6);
+        assert_eq!(state.get("k"), Some("x".into()));
         let encoded = state.encode();
         let mut restored = KvState::decode(&encoded).expect("decodes");
-        assert_eq!(restored.get("k"), Some("v".into()));
-        assert_eq!(restored.apply(&put), Ok(Applied::Stale));
+        assert_eq!(restored.get("k"), Some("x".into()));
+        assert_eq!(restored.apply(7, &first), Ok(Applied::Stale));
         assert!(KvState::decode(&encoded[..encoded.len() - 1]).is_none());
     }
 }

@@ -1191,6 +1191,11 @@ impl World {
                 }
             }
             if entry.kind != EntryKind::Normal {
+                self.nodes
+                    .get_mut(&id)
+                    .expect("member")
+                    .kv
+                    .skip(entry.index);
                 continue;
             }
             let Some(command) = Command::decode(&entry.data) else {
@@ -1208,8 +1213,8 @@ impl World {
                 self.trace_detail(line);
             }
             let node = self.nodes.get_mut(&id).expect("member");
-            let output = match node.kv.apply(&command) {
-                Ok(Applied::Executed(output)) | Ok(Applied::Duplicate(output)) => Some(output),
+            let output = match node.kv.apply(entry.index, &command) {
+                Ok(Applied::Executed(output)) => Some(output),
                 Ok(Applied::Stale) => None,
                 Err(detail) => {
                     self.violate("exactly once", format!("n{id}: {detail}"));
