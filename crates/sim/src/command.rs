@@ -216,7 +216,7 @@ impl KvState {
     /// (exactly-once broken) or the store answered something a simulator command cannot get.
     pub fn apply(&mut self, index: u64, command: &Command) -> Result<Applied, String> {
         let applied = self.store.apply(index, &command.to_kv());
-        if index % 64 == 0 {
+        if index.is_multiple_of(64) {
             // The store's full self-check walks every version: often, not always.
             self.store.check_invariants();
         }
