@@ -67,10 +67,21 @@ fn to_operation(op: &HistoryOp) -> Operation<KvInput, KvOutput> {
     }
 }
 
-/// Checks the history; an error names the offending key.
-pub fn check(history: &[HistoryOp]) -> Result<(), String> {
+/// What the check concluded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// Every key is linearizable.
+    Linearizable,
+    /// The search budget ran out on these keys (and no key was found not linearizable):
+    /// the history is neither proven right nor wrong.
+    Inconclusive(Vec<String>),
+}
+
+/// Checks the history; an error names the key that is not linearizable.
+pub fn check(history: &[HistoryOp]) -> Result<Checked, String> {
     let operations: Vec<_> = history.iter().map(to_operation).collect();
     let verdicts = check_kv_by_key(&operations, None, Budget::steps(CHECK_STEPS));
+    let mut undecided = Vec::new();
     for (key, verdict) in verdicts {
         match verdict {
             Verdict::Linearizable => {}
@@ -80,12 +91,12 @@ pub fn check(history: &[HistoryOp]) -> Result<(), String> {
                     "key {key:?} ({count} operations) is not linearizable"
                 ));
             }
-            Verdict::Unknown => {
-                return Err(format!(
-                    "key {key:?}: checker budget exhausted (inconclusive)"
-                ));
-            }
+            Verdict::Unknown => undecided.push(key),
         }
     }
-    Ok(())
+    if undecided.is_empty() {
+        Ok(Checked::Linearizable)
+    } else {
+        Ok(Checked::Inconclusive(undecided))
+    }
 }

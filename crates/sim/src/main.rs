@@ -117,6 +117,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
     let started = Instant::now();
     let (mut violations, mut operations, mut unknown, mut faults, mut crashes, mut events) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut inconclusive = 0u64;
     for seed in first..first + count {
         let mut options = Options::new(seed);
         options.nodes = settings.nodes;
@@ -130,6 +131,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
         faults += report.stats.faults;
         crashes += report.stats.crashes;
         events += report.stats.events;
+        inconclusive += report.stats.linearizability_inconclusive;
         if count == 1 {
             println!("trace-hash={:016x}", report.stats.trace_hash);
         }
@@ -146,7 +148,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
         }
     }
     println!(
-        "seeds={count} violations={violations} operations={operations} unknown={unknown} faults={faults} crashes={crashes} events={events} seconds={:.1}",
+        "seeds={count} violations={violations} operations={operations} unknown={unknown} faults={faults} crashes={crashes} events={events} linearizability_inconclusive={inconclusive} seconds={:.1}",
         started.elapsed().as_secs_f64()
     );
     if violations == 0 {

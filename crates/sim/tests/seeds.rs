@@ -6,6 +6,7 @@ use skiff_sim::{run_seed, Options, SeedReport};
 fn run_many(nodes: usize, first: u64, count: u64) {
     let mut operations = 0;
     let mut faults = 0;
+    let mut inconclusive = 0;
     let mut failures = Vec::new();
     for seed in first..first + count {
         let mut options = Options::new(seed);
@@ -13,6 +14,7 @@ fn run_many(nodes: usize, first: u64, count: u64) {
         let report: SeedReport = run_seed(options);
         operations += report.stats.operations_ok;
         faults += report.stats.faults;
+        inconclusive += report.stats.linearizability_inconclusive;
         assert!(
             report.stats.operations_ok > 0,
             "seed {seed} completed no operation"
@@ -26,8 +28,16 @@ fn run_many(nodes: usize, first: u64, count: u64) {
             ));
         }
     }
-    println!("nodes={nodes} seeds={count} operations={operations} faults={faults}");
+    println!(
+        "nodes={nodes} seeds={count} operations={operations} faults={faults} inconclusive={inconclusive}"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The checker may give up on a rare pathological history, but if it gives up often the
+    // simulator has stopped checking linearizability.
+    assert!(
+        inconclusive * 20 <= count,
+        "{inconclusive} of {count} histories could not be checked"
+    );
 }
 
 #[test]
