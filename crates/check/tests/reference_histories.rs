@@ -11,10 +11,13 @@ const PER_FILE_LIMIT: Duration = Duration::from_secs(10);
 
 /// `shared/data` next to the repository, or `None` (after saying so) when absent outside CI.
 fn data_directory() -> Option<PathBuf> {
-    // SKIFF_SHARED_DATA overrides; otherwise `shared/data` beside the repository.
+    // SKIFF_SHARED_DATA overrides; otherwise `shared/data` beside the repository, or the
+    // workplace's copy when the repository was cloned elsewhere.
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
     let directory = match std::env::var_os("SKIFF_SHARED_DATA") {
         Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+        None if beside.is_dir() => beside,
+        None => PathBuf::from("/work/shared/data"),
     };
     if directory.is_dir() {
         return Some(directory);
