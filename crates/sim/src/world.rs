@@ -19,6 +19,11 @@ use skiff_storage::{CrashOptions, SimulatedFileSystem, SimulatedStorage, Storage
 use crate::command::{Applied, Command, KvState, Op, Output};
 use crate::history::{HistoryOp, Outcome};
 
+mod checks;
+mod faults;
+
+use checks::{entry_hash, recovery_problem, DurableLog};
+
 const MICROS_PER_MILLI: u64 = 1_000;
 
 /// What one run looks like. Everything else is drawn from the seed.
@@ -292,15 +297,6 @@ const TRACE_TAIL_LINES: usize = 60;
 /// index -> (term, hash) of the entries a member holds.
 type EntryDigests = BTreeMap<u64, (u64, u64)>;
 
-fn entry_hash(entry: &Entry) -> u64 {
-    let mut hash = Fnv::new();
-    hash.write_u64(entry.term);
-    hash.write_u64(entry.index);
-    hash.write_u64(entry.kind.code() as u64);
-    hash.write(&entry.data);
-    hash.finish()
-}
-
 /// FNV-1a, 64 bits: a stable hash (std's hasher is not guaranteed stable across releases).
 pub struct Fnv(u64);
 
@@ -516,55 +512,6 @@ impl World {
 
     // ----- fault schedule --------------------------------------------------------------
 
-    fn schedule_faults(&mut self) {
-        let fault_micros = self.options.fault_ms * MICROS_PER_MILLI;
-        // Half the seeds get a dense schedule: leadership churns and faults overlap, which
-        // is where the rare interleavings (Figure 8 among them) live.
-        let count = if self.rng.chance(1, 2) {
-            self.rng.range(4, 16)
-        } else {
-            self.rng.range(20, 80)
-        };
-        for _ in 0..count {
-            let at = self.rng.range(
-                200 * MICROS_PER_MILLI,
-                fault_micros.max(201 * MICROS_PER_MILLI),
-            );
-            let fault = match self.rng.range(0, 9) {
-                0 => Fault::Partition(Partition::Split),
-                1 => Fault::Partition(Partition::OneWay),
-                2 => Fault::Partition(Partition::LeaderIsolated),
-                3 => Fault::Partition(Partition::Bridge),
-                4 => Fault::Crash {
-                    leader: self.rng.chance(1, 2),
-                    down_ms: self.rng.range(0, 2_000),
-                },
-                5 => {
-                    let node = self.rng.range(1, self.nodes.len() as u64 + 1);
-                    Fault::SlowDisk {
-                        node,
-                        until_micros: at + self.rng.range(100, 1_500) * MICROS_PER_MILLI,
-                    }
-                }
-                6 => Fault::Transfer,
-                7 => Fault::MessageChaos {
-                    drop_percent: self.rng.range(0, 30),
-                    duplicate_percent: self.rng.range(0, 10),
-                },
-                _ => Fault::HealPartition,
-            };
-            self.sequence += 1;
-            self.queue.insert((at, self.sequence), Event::Fault(fault));
-        }
-        self.sequence += 1;
-        self.queue
-            .insert((fault_micros, self.sequence), Event::Heal);
-        self.sequence += 1;
-        let check_at = fault_micros + self.options.heal_ms * MICROS_PER_MILLI;
-        self.queue
-            .insert((check_at, self.sequence), Event::LivenessCheck);
-    }
-
     fn current_leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
@@ -576,194 +523,6 @@ impl World {
 
     fn random_node(&mut self) -> NodeId {
         self.rng.range(1, self.nodes.len() as u64 + 1)
-    }
-
-    fn apply_fault(&mut self, fault: Fault) {
-        if self.healed {
-            return;
-        }
-        self.stats.faults += 1;
-        self.trace(format!("fault {fault:?}"));
-        match fault {
-            Fault::Partition(kind) => {
-                // Partitions overlap; each one lasts for its own duration.
-                let before = self.blocked.clone();
-                match kind {
-                    Partition::Split => self.split(None),
-                    Partition::OneWay => {
-                        for _ in 0..self.rng.range(1, 4) {
-                            let (a, b) = (self.random_node(), self.random_node());
-                            if a != b {
-                                self.blocked.insert((a, b));
-                            }
-                        }
-                    }
-                    Partition::LeaderIsolated => {
-                        if let Some(leader) = self.current_leader() {
-                            self.cut_off(leader);
-                        }
-                    }
-                    Partition::Bridge => {
-                        let bridge = self.random_node();
-                        self.split(Some(bridge));
-                    }
-                }
-                self.trace(format!("blocked links {:?}", self.blocked));
-                let links: Vec<(NodeId, NodeId)> =
-                    self.blocked.difference(&before).copied().collect();
-                let duration = self.rng.range(50, 1_500) * MICROS_PER_MILLI;
-                self.schedule(duration, Event::Fault(Fault::Unblock { links }));
-            }
-            Fault::Unblock { links } => {
-                for link in links {
-                    self.blocked.remove(&link);
-                }
-            }
-            Fault::HealPartition => self.blocked.clear(),
-            Fault::Isolate {
-                node,
-                duration_micros,
-            } => {
-                self.cut_off(node);
-                self.schedule(duration_micros, Event::Fault(Fault::Rejoin { node }));
-            }
-            Fault::CrashNode { node, down_ms } => {
-                if self.nodes[&node].raw.is_some() {
-                    self.crash(node);
-                    self.schedule(down_ms * MICROS_PER_MILLI, Event::Restart { node });
-                }
-            }
-            Fault::RollingIsolate { node } => {
-                if let Some(previous) = self.rolling_victim.take() {
-                    self.blocked
-                        .retain(|(from, to)| *from != previous && *to != previous);
-                }
-                self.cut_off(node);
-                self.rolling_victim = Some(node);
-            }
-            Fault::Rejoin { node } => {
-                self.blocked
-                    .retain(|(from, to)| *from != node && *to != node);
-            }
-            Fault::Crash { leader, down_ms } => {
-                let target = if leader {
-                    self.current_leader()
-                } else {
-                    Some(self.random_node())
-                };
-                if let Some(node) = target {
-                    if self.nodes[&node].raw.is_some() {
-                        self.crash(node);
-                        self.schedule(down_ms * MICROS_PER_MILLI, Event::Restart { node });
-                    }
-                }
-            }
-            Fault::SlowDisk { node, until_micros } => {
-                self.nodes.get_mut(&node).expect("member").disk_slow_until = until_micros;
-            }
-            Fault::Transfer => {
-                if let Some(leader) = self.current_leader() {
-                    let target = self.random_node();
-                    let node = self.nodes.get_mut(&leader).expect("member");
-                    let result = node.raw.as_mut().expect("up").transfer_leader(target);
-                    self.trace(format!("transfer {leader} -> {target}: {result:?}"));
-                    self.process(leader);
-                }
-            }
-            Fault::MessageChaos {
-                drop_percent,
-                duplicate_percent,
-            } => {
-                self.drop_percent = drop_percent;
-                self.duplicate_percent = duplicate_percent;
-            }
-        }
-    }
-
-    /// Cuts every link to and from `node` (on top of the current partition).
-    fn cut_off(&mut self, node: NodeId) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for other in ids {
-            if other != node {
-                self.blocked.insert((node, other));
-                self.blocked.insert((other, node));
-            }
-        }
-    }
-
-    /// Splits the members into two random sides; a `bridge` member keeps both.
-    fn split(&mut self, bridge: Option<NodeId>) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let side: BTreeSet<NodeId> = ids
-            .iter()
-            .copied()
-            .filter(|_| self.rng.chance(1, 2))
-            .collect();
-        for a in &ids {
-            for b in &ids {
-                let bridged = bridge == Some(*a) || bridge == Some(*b);
-                if !bridged && side.contains(a) != side.contains(b) {
-                    self.blocked.insert((*a, *b));
-                }
-            }
-        }
-    }
-
-    fn heal(&mut self) {
-        self.trace("heal: links restored, crashed members restarted, no message loss".into());
-        self.healed = true;
-        self.heal_time = self.now;
-        self.blocked.clear();
-        self.drop_percent = 0;
-        self.duplicate_percent = 0;
-        let down: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|node| node.raw.is_none())
-            .map(|node| node.id)
-            .collect();
-        for node in down {
-            self.start_node(node);
-        }
-        for node in self.nodes.values_mut() {
-            node.disk_slow_until = 0;
-        }
-    }
-
-    fn liveness_check(&mut self) {
-        let Some(leader) = self.current_leader() else {
-            let detail = format!("no leader {} ms after healing", self.options.heal_ms);
-            self.violate("liveness", detail);
-            return;
-        };
-        let status = self.nodes[&leader].raw.as_ref().expect("up").status();
-        if self.committed.len() < status.commit as usize
-            || self.nodes[&leader]
-                .raw
-                .as_ref()
-                .expect("up")
-                .term_of(status.commit)
-                != Some(status.term)
-        {
-            let detail = format!(
-                "leader {leader} has not committed in its term {}",
-                status.term
-            );
-            self.violate("liveness", detail);
-            return;
-        }
-        for (index, client) in self.clients.iter().enumerate() {
-            if let Some(op) = &client.current {
-                if op.invoke < self.heal_time {
-                    let detail = format!(
-                        "client {index} operation {} invoked at {}us still pending {} ms after healing",
-                        op.seq, op.invoke, self.options.heal_ms
-                    );
-                    self.violate("liveness", detail);
-                    return;
-                }
-            }
-        }
     }
 
     // ----- members ---------------------------------------------------------------------
@@ -1003,113 +762,6 @@ impl World {
                 }
             }
         }
-    }
-
-    fn check_node(&mut self, id: NodeId) {
-        let node = &self.nodes[&id];
-        let Some(raw) = node.raw.as_ref() else {
-            return;
-        };
-        let status = raw.status();
-        if status.commit < node.last_commit {
-            let detail = format!(
-                "n{id} commit went from {} to {}",
-                node.last_commit, status.commit
-            );
-            self.violate("commit monotonic", detail);
-            return;
-        }
-        let mut problem = None;
-        let mut new_committed = Vec::new();
-        // Entries this member has compacted were checked when it applied them.
-        let from = node.checked_commit.max(status.first_index - 1);
-        for index in from + 1..=status.commit {
-            let entry = raw.entry(index).expect("committed entry is held");
-            let hash = entry_hash(entry);
-            match self.committed.get(index as usize - 1) {
-                Some((term, known)) if *term == entry.term && *known == hash => {}
-                Some((term, _)) => {
-                    problem = Some(format!(
-                        "n{id} committed entry {index} of term {} but the cluster committed term {term}",
-                        entry.term
-                    ));
-                    break;
-                }
-                None => {
-                    assert_eq!(
-                        self.committed.len() + new_committed.len(),
-                        index as usize - 1
-                    );
-                    new_committed.push((entry.term, hash));
-                }
-            }
-        }
-        if let Some(detail) = problem {
-            self.violate("state machine safety (commit)", detail);
-            return;
-        }
-        let advanced = !new_committed.is_empty();
-        self.committed.extend(new_committed);
-        if advanced {
-            if let Some(detail) = self.electable_without_committed() {
-                self.violate("committed entry not protected", detail);
-                return;
-            }
-        }
-        let node = self.nodes.get_mut(&id).expect("member");
-        node.last_commit = status.commit;
-        node.checked_commit = status.commit;
-        if status.role == Role::Leader {
-            if let Some(other) = self.leaders_by_term.get(&status.term) {
-                if *other != id {
-                    let detail = format!("n{other} and n{id} both lead term {}", status.term);
-                    self.violate("election safety", detail);
-                }
-            }
-        }
-    }
-
-    /// Raft's safety argument, checked directly on what is durable (as if every member
-    /// crashed and restarted now): every member whose disk holds the newest committed entry
-    /// has a log strictly more up to date than any member whose disk lacks it, so a member
-    /// lacking it can never collect a majority of votes. Returns the member that could.
-    fn electable_without_committed(&self) -> Option<String> {
-        let index = self.committed.len() as u64;
-        let (term, _) = *self.committed.last()?;
-        // Down members count too: they restart from their disks.
-        let logs: Vec<(NodeId, u64, u64, bool)> = self
-            .nodes
-            .values()
-            .map(|node| {
-                let (last_index, last_term) = node.durable.last();
-                (
-                    node.id,
-                    last_term,
-                    last_index,
-                    node.durable.holds(index, term),
-                )
-            })
-            .collect();
-        let majority = self.nodes.len() / 2 + 1;
-        for (candidate, last_term, last_index, holds) in &logs {
-            if *holds {
-                continue;
-            }
-            // Members whose log is not more up to date than the candidate's would vote for it.
-            let voters: Vec<NodeId> = logs
-                .iter()
-                .filter(|(_, voter_term, voter_index, _)| {
-                    (*last_term, *last_index) >= (*voter_term, *voter_index)
-                })
-                .map(|(voter, ..)| *voter)
-                .collect();
-            if voters.len() >= majority {
-                return Some(format!(
-                    "entry {index} (term {term}) is committed, yet n{candidate} (durable last entry {last_index}, term {last_term}) lacks it and could be elected by {voters:?}"
-                ));
-            }
-        }
-        None
     }
 
     /// Installs a snapshot received from the leader into the member's state machine (its
@@ -1674,102 +1326,6 @@ impl World {
         self.process(id);
     }
 
-    fn final_checks(&mut self) {
-        // Log matching: any two members whose logs hold an entry with the same index and
-        // term hold identical logs up to it (over the range both still hold).
-        let logs: Vec<(NodeId, EntryDigests)> = self
-            .nodes
-            .values()
-            .filter_map(|node| {
-                let raw = node.raw.as_ref()?;
-                let status = raw.status();
-                Some((
-                    node.id,
-                    (status.first_index..=status.last_index)
-                        .map(|index| {
-                            let entry = raw.entry(index).expect("held");
-                            (index, (entry.term, entry_hash(entry)))
-                        })
-                        .collect(),
-                ))
-            })
-            .collect();
-        for (position, (a, log_a)) in logs.iter().enumerate() {
-            for (b, log_b) in &logs[position + 1..] {
-                let common: Vec<u64> = log_a
-                    .keys()
-                    .filter(|index| log_b.contains_key(index))
-                    .copied()
-                    .collect();
-                let last_match = common
-                    .iter()
-                    .rev()
-                    .find(|index| log_a[index].0 == log_b[index].0);
-                if let Some(last_match) = last_match {
-                    let differs = common
-                        .iter()
-                        .take_while(|index| *index <= last_match)
-                        .any(|index| log_a[index] != log_b[index]);
-                    if differs {
-                        let detail = format!(
-                            "n{a} and n{b} agree on entry {last_match} but differ before it"
-                        );
-                        self.violate("log matching", detail);
-                        return;
-                    }
-                }
-            }
-        }
-        // No acknowledged write lost: each is committed at the index it was acknowledged at.
-        for (index, (client, seq)) in self.acknowledged.clone() {
-            let Some(leader) = self.current_leader() else {
-                break;
-            };
-            let raw = self.nodes[&leader].raw.as_ref().expect("up");
-            if index < raw.status().first_index {
-                continue; // inside the leader's snapshot, which holds only committed state
-            }
-            let command = raw
-                .entry(index)
-                .and_then(|entry| Command::decode(&entry.data));
-            match command {
-                Some(command) if command.client == client as u64 && command.seq == seq => {}
-                other => {
-                    let detail = format!(
-                        "write {client}:{seq} acknowledged at index {index}; the leader n{leader} holds {other:?}"
-                    );
-                    self.violate("acknowledged write lost", detail);
-                    return;
-                }
-            }
-        }
-        // Operations still in flight at the end may or may not have taken effect.
-        for (client, state) in self.clients.iter_mut().enumerate() {
-            if let Some(op) = state.current.take() {
-                if op.op.is_write() {
-                    self.history.push(HistoryOp {
-                        client,
-                        op: op.op,
-                        invoke: op.invoke,
-                        outcome: Outcome::Unknown,
-                    });
-                }
-            }
-        }
-        // Linearizability of the whole client history.
-        match crate::history::check(&self.history) {
-            Ok(crate::history::Checked::Linearizable) => {}
-            Ok(crate::history::Checked::Inconclusive(keys)) => {
-                // Not a violation, and not a pass either: counted and reported.
-                self.stats.linearizability_inconclusive += 1;
-                self.trace(format!(
-                    "linearizability check inconclusive (search budget exhausted) on keys {keys:?}"
-                ));
-            }
-            Err(detail) => self.violate("linearizability", detail),
-        }
-    }
-
     /// Figures of the run so far.
     pub fn stats(&self) -> RunStats {
         self.stats.clone()
@@ -1810,23 +1366,6 @@ fn write_to(
     Ok(())
 }
 
-/// What a recovered store lost that it had promised to keep, if anything.
-fn recovery_problem(node: &SimNode, hard_state: &HardState) -> Option<String> {
-    let synced = node.synced_hard_state;
-    if hard_state.term < synced.term
-        || (hard_state.term == synced.term
-            && synced.vote.is_some()
-            && hard_state.vote != synced.vote)
-    {
-        return Some(format!(
-            "recovered hard state {hard_state:?} is older than the synced {synced:?}"
-        ));
-    }
-    // Lost entries are not checked here: the storage crate's crash tests do that, and here
-    // their consequences (a lost acknowledged entry) break the Raft invariants.
-    None
-}
-
 fn debug_body(body: &skiff_raft::MessageBody) -> String {
     match body {
         skiff_raft::MessageBody::AppendEntries {
@@ -1862,55 +1401,4 @@ fn read_snapshot_bytes(storage: &SimulatedStorage, meta: &SnapshotMeta) -> Resul
 fn read_snapshot(storage: &SimulatedStorage, meta: &SnapshotMeta) -> Result<KvState, String> {
     let bytes = read_snapshot_bytes(storage, meta)?;
     KvState::decode(&bytes).ok_or_else(|| "stored snapshot does not decode".to_string())
-}
-
-/// The synced part of a member's log, as (index, term) facts.
-#[derive(Clone, Debug, Default)]
-struct DurableLog {
-    snapshot_index: u64,
-    snapshot_term: u64,
-    /// Terms of the entries after the snapshot.
-    terms: Vec<u64>,
-}
-
-impl DurableLog {
-    fn from_recovered(snapshot: Option<&SnapshotMeta>, entries: &[Entry]) -> DurableLog {
-        let mut log = DurableLog::default();
-        if let Some(meta) = snapshot {
-            log.install(meta.index, meta.term);
-        }
-        log.append(entries);
-        log
-    }
-
-    fn install(&mut self, index: u64, term: u64) {
-        self.snapshot_index = index;
-        self.snapshot_term = term;
-        self.terms.clear();
-    }
-
-    fn append(&mut self, entries: &[Entry]) {
-        let Some(first) = entries.first() else {
-            return;
-        };
-        let keep = first.index.saturating_sub(self.snapshot_index + 1) as usize;
-        self.terms.truncate(keep);
-        self.terms.extend(entries.iter().map(|entry| entry.term));
-    }
-
-    /// (last index, last term).
-    fn last(&self) -> (u64, u64) {
-        let last_index = self.snapshot_index + self.terms.len() as u64;
-        (
-            last_index,
-            *self.terms.last().unwrap_or(&self.snapshot_term),
-        )
-    }
-
-    /// True if the durable log holds entry `(index, term)` (a snapshot holds only
-    /// committed entries, so anything it covers counts as held).
-    fn holds(&self, index: u64, term: u64) -> bool {
-        index <= self.snapshot_index
-            || self.terms.get((index - self.snapshot_index - 1) as usize) == Some(&term)
-    }
 }
