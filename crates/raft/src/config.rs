@@ -64,6 +64,10 @@ pub struct Config {
     pub max_apply_bytes: u64,
     /// Maximum read requests waiting for confirmation on the leader.
     pub max_pending_reads: usize,
+    /// Ticks the leader waits for a follower to acknowledge a snapshot before it assumes
+    /// the snapshot (or the answer) was lost and probes the follower again. The
+    /// application can end the wait earlier with `RawNode::report_snapshot`.
+    pub snapshot_timeout_ticks: u32,
     /// Test-only: plant a known bug. Leave at the default.
     #[doc(hidden)]
     pub planted_bug: PlantedBug,
@@ -88,6 +92,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_apply_bytes: 16 << 20,
             max_pending_reads: 65_536,
+            snapshot_timeout_ticks: 100,
             planted_bug: PlantedBug::None,
         }
     }
@@ -140,6 +145,12 @@ impl Config {
         }
         if self.max_pending_reads == 0 {
             return invalid("max_pending_reads", "must be at least 1");
+        }
+        if self.snapshot_timeout_ticks <= self.heartbeat_ticks {
+            return invalid(
+                "snapshot_timeout_ticks",
+                "must be greater than heartbeat_ticks",
+            );
         }
         Ok(())
     }

@@ -749,6 +749,16 @@ impl RawNode {
                 }
             }
         }
+        let snapshot_timeout_ticks = self.config.snapshot_timeout_ticks;
+        for progress in self.progress.values_mut() {
+            if let ProgressState::Snapshot { .. } = progress.state {
+                progress.snapshot_elapsed_ticks += 1;
+                if progress.snapshot_elapsed_ticks >= snapshot_timeout_ticks {
+                    progress.become_probe();
+                    self.broadcast_needed = true;
+                }
+            }
+        }
         if self.transfer_target.is_some() {
             self.transfer_elapsed += 1;
             if self.transfer_elapsed >= self.config.election_ticks {

@@ -107,6 +107,9 @@ pub struct Progress {
     /// Highest commit index sent to this member that it could apply (capped at what the
     /// leader had sent it), so a late acknowledgement still learns the commit at once.
     pub commit_sent: u64,
+    /// Ticks spent in the snapshot state; past the configured timeout the leader assumes the
+    /// snapshot or its acknowledgement was lost and probes again.
+    pub snapshot_elapsed_ticks: u32,
 }
 
 impl Progress {
@@ -122,6 +125,7 @@ impl Progress {
             acked_heartbeat: 0,
             match_at_last_heartbeat: 0,
             commit_sent: 0,
+            snapshot_elapsed_ticks: 0,
         }
     }
 
@@ -159,6 +163,7 @@ impl Progress {
         self.state = ProgressState::Snapshot {
             pending_index: index,
         };
+        self.snapshot_elapsed_ticks = 0;
         self.probe_sent = false;
         self.inflights.reset();
     }

@@ -77,3 +77,51 @@ fn a_follower_whose_ack_arrives_after_the_commit_learns_it_without_a_heartbeat()
         "member 3 learned the commit without waiting for a heartbeat"
     );
 }
+
+#[test]
+fn a_lost_snapshot_is_sent_again_after_the_snapshot_timeout() {
+    let mut cluster = Cluster::new(3, |config| config);
+    cluster.elect(1);
+    cluster.isolate(3);
+    for value in 0..10u8 {
+        cluster.propose(1, &[value]).unwrap();
+    }
+    cluster.stabilize();
+    let commit = cluster.node(1).status().commit;
+    cluster.node_mut(1).compact(commit);
+    cluster.heal();
+    let timeout = cluster.node(1).config().snapshot_timeout_ticks;
+    let mut snapshots_sent = Vec::new();
+    for tick in 0..timeout + 20 {
+        cluster.tick(1);
+        cluster.tick(2);
+        cluster.tick(3);
+        // Carry everything out, but lose every snapshot on the way to member 3.
+        for _ in 0..100 {
+            let mut moved = false;
+            for id in 1..=3 {
+                moved |= cluster.process(id);
+            }
+            if cluster.any_queued(|message| message.body.name() == "InstallSnapshot") {
+                snapshots_sent.push(tick);
+                cluster.drop_messages(|message| message.body.name() == "InstallSnapshot");
+            }
+            while cluster.deliver_one() {
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+    assert!(
+        snapshots_sent.len() >= 2,
+        "the snapshot was sent again: {snapshots_sent:?}"
+    );
+    let gap = snapshots_sent[1] - snapshots_sent[0];
+    assert!(
+        gap >= timeout,
+        "not before the timeout ({gap} ticks < {timeout})"
+    );
+    assert_eq!(cluster.node(1).status().role, Role::Leader);
+}

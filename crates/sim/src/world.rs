@@ -129,6 +129,8 @@ enum Event {
     },
     Heal,
     LivenessCheck,
+    /// Records what every member must have applied by the liveness check.
+    CatchUpMark,
 }
 
 #[derive(Clone, Debug)]
@@ -273,6 +275,8 @@ pub struct World {
     duplicate_percent: u64,
     healed: bool,
     heal_time: u64,
+    /// Committed index every member must have applied by the liveness check.
+    catch_up_target: u64,
     max_attempts: u32,
     log_read_percent: u64,
     isolate_new_leader_percent: u64,
@@ -415,6 +419,7 @@ impl World {
             duplicate_percent: 0,
             healed: false,
             heal_time: 0,
+            catch_up_target: 0,
             max_attempts,
             log_read_percent,
             isolate_new_leader_percent,
@@ -1278,6 +1283,7 @@ impl World {
             }
             Event::Heal => self.heal(),
             Event::LivenessCheck => self.liveness_check(),
+            Event::CatchUpMark => self.catch_up_target = self.committed.len() as u64,
         }
     }
 

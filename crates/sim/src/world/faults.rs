@@ -51,6 +51,10 @@ impl World {
         let check_at = fault_micros + self.options.heal_ms * MICROS_PER_MILLI;
         self.queue
             .insert((check_at, self.sequence), Event::LivenessCheck);
+        self.sequence += 1;
+        let mark_at = fault_micros + self.options.heal_ms * MICROS_PER_MILLI / 2;
+        self.queue
+            .insert((mark_at, self.sequence), Event::CatchUpMark);
     }
 
     pub(super) fn apply_fault(&mut self, fault: Fault) {
@@ -226,6 +230,21 @@ impl World {
             );
             self.violate("liveness", detail);
             return;
+        }
+        // Every member catches up: what was committed halfway through the recovery window
+        // is applied everywhere by its end.
+        for node in self.nodes.values() {
+            if node.applied_index < self.catch_up_target {
+                let detail = format!(
+                    "n{} applied only {} of the {} entries committed {} ms after healing",
+                    node.id,
+                    node.applied_index,
+                    self.catch_up_target,
+                    self.options.heal_ms / 2
+                );
+                self.violate("liveness", detail);
+                return;
+            }
         }
         for (index, client) in self.clients.iter().enumerate() {
             if let Some(op) = &client.current {
