@@ -35,7 +35,7 @@ pub use durable::{DurableStorage, StorageMetrics};
 pub use error::{Result, StorageError};
 pub use file_system::{FileSystem, OsFileSystem, StorageFile};
 pub use memory::MemoryStorage;
-pub use simulated::{CrashOptions, DeterministicRng, SimulatedFileSystem};
+pub use simulated::{CrashOptions, SimulatedFileSystem};
 
 /// The store on real files.
 pub type FileStorage = DurableStorage<OsFileSystem>;

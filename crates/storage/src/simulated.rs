@@ -8,7 +8,7 @@
 //! or fsync fails, the disk holds only so many bytes (`ENOSPC`), or every operation after the
 //! next `n` fails (a power cut in the middle of a sequence of operations).
 //!
-//! No clock and no OS randomness: every random choice comes from a [`DeterministicRng`] seeded
+//! No clock and no OS randomness: every random choice comes from a [`Rng`] (the core's seeded generator) seeded
 //! by the caller, and the same seed gives the same image.
 
 use std::collections::BTreeMap;
@@ -17,39 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Result, StorageError};
 use crate::file_system::{FileSystem, StorageFile};
-
-/// A small, fast, seedable generator (SplitMix64). Deterministic across platforms.
-#[derive(Clone, Debug)]
-pub struct DeterministicRng {
-    state: u64,
-}
-
-impl DeterministicRng {
-    /// A generator whose whole output is fixed by `seed`.
-    pub fn new(seed: u64) -> DeterministicRng {
-        DeterministicRng { state: seed }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.state;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
-    }
-
-    /// A number in `0..bound` (`bound` > 0).
-    pub fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0);
-        self.next_u64() % bound
-    }
-
-    /// True with probability `numerator / denominator`.
-    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
-        self.below(denominator) < numerator
-    }
-}
+use skiff_raft::Rng;
 
 /// What a crash may do, beyond dropping unsynced bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +161,7 @@ impl SimulatedFileSystem {
     /// state plus whatever of the unsynced changes `options` and `seed` let through. Clears
     /// the scheduled faults (but not the capacity). Open handles stop working.
     pub fn crash(&self, seed: u64, options: CrashOptions) {
-        let mut rng = DeterministicRng::new(seed);
+        let mut rng = Rng::new(seed);
         let mut disk = self.lock();
         let disk = &mut *disk;
         for inode in disk.inodes.values_mut() {
@@ -295,15 +263,15 @@ fn apply_crashed_write(
     offset: u64,
     bytes: &[u8],
     options: CrashOptions,
-    rng: &mut DeterministicRng,
+    rng: &mut Rng,
 ) {
     let choices = if options.tear_writes { 5 } else { 2 };
-    match rng.below(choices) {
+    match rng.range(0, choices) {
         0 => {}
         1 => write_into(image, offset, bytes),
         2 => {
             // Cut at a random byte: a prefix reaches the disk.
-            let kept = rng.below(bytes.len() as u64 + 1) as usize;
+            let kept = rng.range(0, bytes.len() as u64 + 1) as usize;
             write_into(image, offset, &bytes[..kept]);
         }
         3 => {
@@ -315,7 +283,7 @@ fn apply_crashed_write(
             }
         }
         _ => {
-            let kept = rng.below(bytes.len() as u64 + 1) as usize;
+            let kept = rng.range(0, bytes.len() as u64 + 1) as usize;
             write_into(image, offset, &bytes[..kept]);
             if options.garbage {
                 let garbage: Vec<u8> = (kept..bytes.len()).map(|_| rng.next_u64() as u8).collect();

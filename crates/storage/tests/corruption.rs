@@ -4,10 +4,10 @@
 mod common;
 
 use common::{entries, scratch_directory, small_config};
+use skiff_raft::Rng;
 use skiff_storage::format::{decode_record_header, segment_file_name, RECORD_HEADER_BYTES};
 use skiff_storage::{
-    DeterministicRng, FileStorage, OsFileSystem, SimulatedFileSystem, SimulatedStorage, Storage,
-    StorageError,
+    FileStorage, OsFileSystem, SimulatedFileSystem, SimulatedStorage, Storage, StorageError,
 };
 
 /// Every record of every segment: (file, offset, length).
@@ -64,13 +64,13 @@ fn expect_corrupt(file_system: &SimulatedFileSystem, file: &str, offset: u64) {
 fn flipped_bit_in_any_synced_record_before_the_tail_is_reported() {
     let pristine = populated();
     let all_records = records(&pristine);
-    let mut rng = DeterministicRng::new(99);
+    let mut rng = Rng::new(99);
     // Every record but the very last one of the log (which a torn write could explain).
     for (file, offset, length) in &all_records[..all_records.len() - 1] {
         for _ in 0..4 {
             let file_system = populated();
-            let position = offset + rng.below(*length);
-            file_system.flip_bit(file, position, rng.below(8) as u8);
+            let position = offset + rng.range(0, *length);
+            file_system.flip_bit(file, position, rng.range(0, 8) as u8);
             expect_corrupt(&file_system, file, *offset);
         }
     }

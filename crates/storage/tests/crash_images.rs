@@ -20,10 +20,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use common::{entry, scratch_directory, snapshot_meta};
-use skiff_raft::{Entry, HardState};
+use skiff_raft::{Entry, HardState, Rng};
 use skiff_storage::{
-    CrashOptions, DeterministicRng, FileStorage, OsFileSystem, Recovered, SimulatedFileSystem,
-    SimulatedStorage, Storage, StorageConfig,
+    CrashOptions, FileStorage, OsFileSystem, Recovered, SimulatedFileSystem, SimulatedStorage,
+    Storage, StorageConfig,
 };
 
 /// What the workload believes: the log and hard state as of the last acknowledged sync, and
@@ -154,7 +154,7 @@ impl Model {
 fn run_workload(
     storage: &mut SimulatedStorage,
     model: &mut Model,
-    rng: &mut DeterministicRng,
+    rng: &mut Rng,
     steps: u64,
     salt: u64,
 ) {
@@ -169,21 +169,21 @@ fn run_workload(
 fn step(
     storage: &mut SimulatedStorage,
     model: &mut Model,
-    rng: &mut DeterministicRng,
+    rng: &mut Rng,
     salt: u64,
 ) -> skiff_storage::Result<()> {
-    match rng.below(100) {
+    match rng.range(0, 100) {
         0..=54 => {
             // Append, sometimes replacing a suffix with entries of a new term.
             let last = model.last_index();
             let mut first = last + 1;
             if rng.chance(1, 6) && last > model.compacted_through {
-                first = model.compacted_through + 1 + rng.below(last - model.compacted_through);
+                first = model.compacted_through + 1 + rng.range(0, last - model.compacted_through);
                 model.term += 1;
             }
             let bound = if rng.chance(1, 5) { 60 } else { 8 };
-            let count = 1 + rng.below(bound);
-            let length = rng.below(300) as usize;
+            let count = 1 + rng.range(0, bound);
+            let length = rng.range(0, 300) as usize;
             let batch: Vec<Entry> = (first..first + count)
                 .map(|index| entry(index, model.term, salt ^ rng.next_u64(), length))
                 .collect();
@@ -200,7 +200,8 @@ fn step(
         55..=62 => {
             let last = model.last_index();
             if last > model.compacted_through {
-                let from = model.compacted_through + 1 + rng.below(last - model.compacted_through);
+                let from =
+                    model.compacted_through + 1 + rng.range(0, last - model.compacted_through);
                 storage.truncate(from)?;
                 model.current_log.split_off(&from);
                 model.mark_changed(from);
@@ -214,11 +215,11 @@ fn step(
             let hard_state = HardState {
                 term: model.term,
                 vote: if rng.chance(1, 2) {
-                    Some(1 + rng.below(5))
+                    Some(1 + rng.range(0, 5))
                 } else {
                     None
                 },
-                commit: rng.below(model.last_index() + 1),
+                commit: rng.range(0, model.last_index() + 1),
             };
             storage.set_hard_state(hard_state)?;
             model.current_hard_state = hard_state;
@@ -230,7 +231,8 @@ fn step(
             sync(storage, model)?;
             let last = model.last_index();
             if last > model.compacted_through {
-                let index = model.compacted_through + 1 + rng.below(last - model.compacted_through);
+                let index =
+                    model.compacted_through + 1 + rng.range(0, last - model.compacted_through);
                 let term = model.current_log[&index].term;
                 publish_snapshot(storage, model, index, term, rng)?;
                 storage.compact(index)?;
@@ -247,7 +249,7 @@ fn step(
             }
             sync(storage, model)?;
             model.term += 1;
-            let index = model.last_index() + 1 + rng.below(50);
+            let index = model.last_index() + 1 + rng.range(0, 50);
             publish_snapshot(storage, model, index, model.term, rng)?;
             storage.compact(index)?;
             compact_model(model, index);
@@ -268,10 +270,10 @@ fn publish_snapshot(
     model: &mut Model,
     index: u64,
     term: u64,
-    rng: &mut DeterministicRng,
+    rng: &mut Rng,
 ) -> skiff_storage::Result<()> {
     let mut writer = storage.begin_snapshot(snapshot_meta(index, term))?;
-    let length = rng.below(3000) as usize;
+    let length = rng.range(0, 3000) as usize;
     let data: Vec<u8> = (0..length)
         .map(|position| (position as u64 ^ index) as u8)
         .collect();
@@ -289,7 +291,7 @@ fn compact_model(model: &mut Model, index: u64) {
     model.acknowledged_log = model.acknowledged_log.split_off(&(index + 1));
 }
 
-fn crash_options(rng: &mut DeterministicRng) -> CrashOptions {
+fn crash_options(rng: &mut Rng) -> CrashOptions {
     CrashOptions {
         tear_writes: rng.chance(3, 4),
         garbage: rng.chance(1, 2),
@@ -316,17 +318,17 @@ fn recover_on_real_files(
 }
 
 fn run_seed(seed: u64, config: &StorageConfig, real_files: bool) {
-    let mut rng = DeterministicRng::new(seed);
+    let mut rng = Rng::new(seed);
     let file_system = SimulatedFileSystem::new();
     let mut model = Model::default();
     for cycle in 0..4 {
         let context = format!("seed {seed} cycle {cycle}");
         // The fault that ends this life: a power cut after some operations, or a failed write
         // or fsync (which poisons the store) somewhere in the workload.
-        match rng.below(4) {
+        match rng.range(0, 4) {
             0 => file_system.fail_next_write(),
             1 => file_system.fail_next_sync(),
-            _ => file_system.power_cut_after(rng.below(900)),
+            _ => file_system.power_cut_after(rng.range(0, 900)),
         }
         match SimulatedStorage::open(file_system.clone(), config.clone()) {
             Ok((mut storage, recovered)) => {
@@ -334,7 +336,7 @@ fn run_seed(seed: u64, config: &StorageConfig, real_files: bool) {
                     model.check(&recovered, &context);
                 }
                 model = Model::from_recovered(&recovered);
-                let steps = 50 + rng.below(250);
+                let steps = 50 + rng.range(0, 250);
                 run_workload(&mut storage, &mut model, &mut rng, steps, seed);
             }
             Err(error) => {

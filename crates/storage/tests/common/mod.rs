@@ -2,12 +2,12 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use skiff_raft::{Entry, EntryKind, Membership, SnapshotMeta};
-use skiff_storage::{DeterministicRng, StorageConfig};
+use skiff_raft::{Entry, EntryKind, Membership, Rng, SnapshotMeta};
+use skiff_storage::StorageConfig;
 
 /// An entry whose payload is derived from (index, term, salt), so any mix-up shows.
 pub fn entry(index: u64, term: u64, salt: u64, length: usize) -> Entry {
-    let mut rng = DeterministicRng::new(index ^ (term << 32) ^ salt.rotate_left(17));
+    let mut rng = Rng::new(index ^ (term << 32) ^ salt.rotate_left(17));
     let data: Vec<u8> = (0..length).map(|_| rng.next_u64() as u8).collect();
     Entry {
         term,
