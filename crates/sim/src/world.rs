@@ -1172,6 +1172,20 @@ impl World {
         }
     }
 
+    /// Records an operation whose outcome the client never learned: a write may or may not
+    /// take effect, at any time from its invoke on; a read constrains nothing and is dropped.
+    fn record_unknown(&mut self, client: usize, op: ClientOp) {
+        if op.op.is_write() {
+            self.history.push(HistoryOp {
+                client,
+                op: op.op,
+                invoke: op.invoke,
+                outcome: Outcome::Unknown,
+            });
+            self.stats.operations_unknown += 1;
+        }
+    }
+
     fn on_client_timeout(&mut self, client: usize, seq: u64, attempt: u32) {
         let Some(op) = self.clients[client].current.as_ref() else {
             return;
@@ -1182,16 +1196,7 @@ impl World {
         if op.attempts >= self.max_attempts && !self.healed {
             let op = self.clients[client].current.take().expect("checked");
             self.trace(format!("client {client} gives up op {seq} {:?}", op.op));
-            if op.op.is_write() {
-                // The write may or may not take effect, at any time from now on.
-                self.history.push(HistoryOp {
-                    client,
-                    op: op.op,
-                    invoke: op.invoke,
-                    outcome: Outcome::Unknown,
-                });
-                self.stats.operations_unknown += 1;
-            }
+            self.record_unknown(client, op);
             self.schedule(0, Event::ClientNext { client });
             return;
         }

@@ -181,16 +181,9 @@ impl World {
             }
         }
         // Operations still in flight at the end may or may not have taken effect.
-        for (client, state) in self.clients.iter_mut().enumerate() {
-            if let Some(op) = state.current.take() {
-                if op.op.is_write() {
-                    self.history.push(HistoryOp {
-                        client,
-                        op: op.op,
-                        invoke: op.invoke,
-                        outcome: Outcome::Unknown,
-                    });
-                }
+        for client in 0..self.clients.len() {
+            if let Some(op) = self.clients[client].current.take() {
+                self.record_unknown(client, op);
             }
         }
         // Linearizability of the whole client history.
