@@ -1,0 +1,11 @@
+//! skiff-server: a Skiff member. One event loop per member owns the consensus core
+//! (`skiff-raft`); the log is written on its own thread with group commit; committed entries are
+//! applied to `skiff-kv` off the event loop; peers talk over gRPC streams; clients speak etcd's
+//! v3 gRPC API. This is the only crate that does network I/O.
+
+pub mod backend;
+pub mod config;
+pub mod ids;
+
+pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
+pub use config::{ClusterState, InitialMember, ServerConfig};
