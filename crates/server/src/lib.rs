@@ -9,3 +9,5 @@ pub mod ids;
 
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
 pub use config::{ClusterState, InitialMember, ServerConfig};
+pub use node::{Node, NodeHandle, NodeOptions};
+pub mod node;

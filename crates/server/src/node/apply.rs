@@ -1,0 +1,182 @@
+//! The applier: one thread applies committed entries to the store, answers the clients
+//! waiting for them, and takes snapshots. It never touches the disk itself (snapshots are
+//! handed to the log writer), so the event loop never waits for it.
+
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use skiff_kv::{Command, KvConfig, Store};
+use skiff_raft::{Entry, EntryKind, SnapshotMeta};
+
+use super::disk::DiskTask;
+use super::{Internal, Shared};
+use crate::backend::ServerError;
+
+/// Work for the applier, handled in order.
+pub(crate) enum ApplyTask {
+    /// Committed entries, consecutive, following what was applied.
+    Entries(Vec<Entry>),
+    /// Replace the state with a snapshot received from the leader.
+    Restore(SnapshotMeta, Bytes),
+}
+
+pub(crate) struct Applier {
+    pub shared: Arc<Shared>,
+    pub tasks: Receiver<ApplyTask>,
+    pub disk: Sender<DiskTask>,
+    pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
+    pub kv_config: KvConfig,
+    pub snapshot_count: u64,
+    pub last_snapshot_index: u64,
+    /// Term of the entry at the store's applied index (the term a snapshot records).
+    pub last_applied_term: u64,
+    /// The membership snapshots record (fixed until membership changes exist).
+    pub membership: skiff_raft::Membership,
+}
+
+impl Applier {
+    pub fn run(mut self) {
+        while let Ok(first) = self.tasks.recv() {
+            let mut tasks = vec![first];
+            while tasks.len() < 64 {
+                match self.tasks.try_recv() {
+                    Ok(task) => tasks.push(task),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            for task in tasks {
+                let outcome = match task {
+                    ApplyTask::Entries(entries) => self.apply(entries),
+                    ApplyTask::Restore(meta, data) => self.restore(meta, data),
+                };
+                if let Err(error) = outcome {
+                    tracing::error!(%error, "applying failed; this member stops");
+                    let _ = self.internal.send(Internal::Fatal(error));
+                    return;
+                }
+            }
+            self.maybe_snapshot();
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let Some(last) = entries.last().map(|entry| entry.index) else {
+            return Ok(());
+        };
+        let mut answers = Vec::with_capacity(entries.len());
+        let revision = {
+            let mut store = self.shared.store.write().expect("store lock");
+            for entry in &entries {
+                if entry.index <= store.applied_index() {
+                    continue; // covered by a snapshot installed meanwhile
+                }
+                if entry.index != store.applied_index() + 1 {
+                    return Err(format!(
+                        "entry {} follows applied index {}",
+                        entry.index,
+                        store.applied_index()
+                    ));
+                }
+                let response = match entry.kind {
+                    EntryKind::Normal => match Command::decode(&entry.data) {
+                        Ok(command) => Some(store.apply(entry.index, &command).response),
+                        Err(error) => {
+                            // Only this server writes entries; an undecodable one is skipped
+                            // identically on every member.
+                            tracing::error!(index = entry.index, %error, "undecodable entry");
+                            store.advance_applied_index(entry.index);
+                            None
+                        }
+                    },
+                    EntryKind::Noop | EntryKind::ConfigChange => {
+                        store.advance_applied_index(entry.index);
+                        None
+                    }
+                };
+                self.last_applied_term = entry.term;
+                answers.push((entry.index, entry.term, response));
+            }
+            store.current_revision()
+        };
+        {
+            let mut waiters = self.shared.waiters.lock().expect("waiters lock");
+            for (index, term, response) in answers {
+                if let Some(waiter) = waiters.remove(&index) {
+                    let answer = match response {
+                        Some(response) if waiter.term == term => Ok((index, response)),
+                        // Another entry took this index: the proposal was never committed.
+                        _ => Err(ServerError::LeaderChanged),
+                    };
+                    let _ = waiter.reply.send(answer);
+                }
+            }
+        }
+        self.shared.publish_applied(last, revision);
+        let _ = self.internal.send(Internal::Applied { index: last });
+        Ok(())
+    }
+
+    fn restore(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), String> {
+        let restored = Store::restore(&data[..], self.kv_config.clone())
+            .map_err(|error| format!("snapshot at {} does not restore: {error}", meta.index))?;
+        let revision = restored.current_revision();
+        {
+            let mut store = self.shared.store.write().expect("store lock");
+            if store.applied_index() >= meta.index {
+                return Ok(());
+            }
+            if restored.applied_index() != meta.index {
+                return Err(format!(
+                    "snapshot at {} holds a store applied to {}",
+                    meta.index,
+                    restored.applied_index()
+                ));
+            }
+            *store = restored;
+        }
+        self.last_applied_term = meta.term;
+        {
+            // Proposals at or below the snapshot can no longer be matched to their entries.
+            let mut waiters = self.shared.waiters.lock().expect("waiters lock");
+            let covered: Vec<u64> = waiters.range(..=meta.index).map(|(i, _)| *i).collect();
+            for index in covered {
+                let waiter = waiters.remove(&index).expect("listed");
+                let _ = waiter.reply.send(Err(ServerError::LeaderChanged));
+            }
+        }
+        self.last_snapshot_index = meta.index;
+        self.shared.publish_applied(meta.index, revision);
+        let _ = self.internal.send(Internal::Applied { index: meta.index });
+        Ok(())
+    }
+
+    /// Every `snapshot_count` applied entries: serialize the store and hand it to the log
+    /// writer, which publishes it and compacts the log.
+    fn maybe_snapshot(&mut self) {
+        let (index, data) = {
+            let store = self.shared.store.read().expect("store lock");
+            let index = store.applied_index();
+            if self.snapshot_count == 0 || index < self.last_snapshot_index + self.snapshot_count {
+                return;
+            }
+            let mut data = Vec::new();
+            if let Err(error) = store.snapshot(&mut data) {
+                tracing::error!(%error, "cannot serialize a snapshot");
+                return;
+            }
+            (index, data)
+        };
+        self.last_snapshot_index = index;
+        let meta = SnapshotMeta {
+            index,
+            term: self.last_applied_term,
+            membership: self.membership.clone(),
+        };
+        tracing::info!(index, bytes = data.len(), "taking a snapshot");
+        let _ = self.disk.send(DiskTask::Snapshot {
+            meta,
+            data: Bytes::from(data),
+        });
+    }
+}

@@ -1,0 +1,134 @@
+//! The log writer: one thread owns the store and turns queued writes into one `fdatasync`
+//! per batch (group commit). It runs in parallel with replication: the leader sends
+//! AppendEntries while its own copy is being written (the Ready contract allows it).
+
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use skiff_raft::{Entry, HardState, Message, SnapshotMeta};
+use skiff_storage::{FileStorage, Storage, StorageError};
+use std::io::Write;
+
+use super::{Internal, Outbound};
+
+/// One unit of work for the log writer, handled strictly in order.
+pub(crate) enum DiskTask {
+    /// The writes of one Ready, and the messages that may leave once they (and every earlier
+    /// task) are durable.
+    Ready {
+        snapshot: Option<(SnapshotMeta, Bytes)>,
+        hard_state: Option<HardState>,
+        entries: Vec<Entry>,
+        after_persist: Vec<Message>,
+    },
+    /// A snapshot of the state machine taken by this member: publish it, then drop the log
+    /// it covers.
+    Snapshot { meta: SnapshotMeta, data: Bytes },
+}
+
+pub(crate) struct DiskWriter {
+    pub storage: FileStorage,
+    pub tasks: Receiver<DiskTask>,
+    pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
+    pub outbound: Outbound,
+    /// Called with the duration of every fdatasync.
+    pub on_fsync: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
+}
+
+impl DiskWriter {
+    /// Runs until the task channel closes or the disk fails (then reports `Internal::Fatal`).
+    pub fn run(mut self) {
+        while let Ok(first) = self.tasks.recv() {
+            let mut batch = vec![first];
+            loop {
+                match self.tasks.try_recv() {
+                    Ok(task) => batch.push(task),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            if let Err(error) = self.write_batch(batch) {
+                tracing::error!(%error, "the log store failed; this member stops");
+                let _ = self.internal.send(Internal::Fatal(error.to_string()));
+                return;
+            }
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<DiskTask>) -> Result<(), StorageError> {
+        let mut last_entry: Option<(u64, u64)> = None;
+        let mut messages = Vec::new();
+        let mut wrote = false;
+        let mut compacted = Vec::new();
+        for task in batch {
+            match task {
+                DiskTask::Ready {
+                    snapshot,
+                    hard_state,
+                    entries,
+                    after_persist,
+                } => {
+                    if let Some((meta, data)) = snapshot {
+                        // Install: drop the old log durably, publish, compact (the order the
+                        // store requires for a snapshot that conflicts with the log).
+                        let storage = &mut self.storage;
+                        if storage.last_index() >= storage.first_index() {
+                            storage.truncate(storage.first_index())?;
+                        }
+                        storage.sync()?;
+                        publish(storage, &meta, &data)?;
+                        storage.compact(meta.index)?;
+                        wrote = true;
+                    }
+                    if let Some(last) = entries.last() {
+                        last_entry = Some((last.index, last.term));
+                        self.storage.append(&entries)?;
+                        wrote = true;
+                    }
+                    if let Some(hard_state) = hard_state {
+                        self.storage.set_hard_state(hard_state)?;
+                        wrote = true;
+                    }
+                    messages.extend(after_persist);
+                }
+                DiskTask::Snapshot { meta, data } => {
+                    // Everything it covers is applied, hence committed and durable here.
+                    publish(&mut self.storage, &meta, &data)?;
+                    self.storage.compact(meta.index)?;
+                    compacted.push((meta, data));
+                }
+            }
+        }
+        if wrote {
+            let started = Instant::now();
+            self.storage.sync()?;
+            (self.on_fsync)(started.elapsed());
+        }
+        if let Some((index, term)) = last_entry {
+            let _ = self.internal.send(Internal::Persisted { index, term });
+        }
+        for (meta, data) in compacted {
+            let _ = self.internal.send(Internal::Compacted { meta, data });
+        }
+        if !messages.is_empty() {
+            (self.outbound)(messages);
+        }
+        Ok(())
+    }
+}
+
+fn publish(
+    storage: &mut FileStorage,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let mut writer = storage.begin_snapshot(meta.clone())?;
+    writer
+        .write_all(data)
+        .map_err(|error| StorageError::from_io("write", "snapshot", error))?;
+    storage.finish_snapshot(writer)
+}

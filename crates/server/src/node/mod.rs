@@ -1,0 +1,593 @@
+//! The member runtime around the consensus core.
+//!
+//! Three workers, connected by channels:
+//! - the **event loop** (a tokio task, `event_loop.rs`) owns the `RawNode` and handles a closed
+//!   set of events in batches: ticks, peer messages, proposals, reads, and the completions of
+//!   the two threads below. It never blocks on disk.
+//! - the **log writer** (a thread, `disk.rs`) appends and syncs the log with group commit and
+//!   releases the messages that had to wait for durability.
+//! - the **applier** (a thread, `apply.rs`) applies committed entries to `skiff-kv`, answers
+//!   waiting clients and takes snapshots.
+//!
+//! `NodeHandle` is the client side: it implements [`Backend`] for the etcd API layer and
+//! forwards writes to the leader when this member is not it.
+
+mod apply;
+mod disk;
+mod event_loop;
+mod forward;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use skiff_kv::{Command, KvConfig, Operation, Response, Store};
+use skiff_raft::{Config as RaftConfig, InitialState, Membership, Message, NodeId, SnapshotMeta};
+use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageConfig};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backend::{Backend, MemberInfo, NodeStatus, ServerError};
+
+pub use forward::{ForwardFailure, Forwarder};
+
+/// Sends messages to peers; must not block (the transport queues or drops).
+pub type Outbound = Arc<dyn Fn(Vec<Message>) + Send + Sync>;
+
+/// Everything a member needs to start, already resolved from flags and the data directory.
+pub struct NodeOptions {
+    /// This member.
+    pub id: NodeId,
+    /// The cluster.
+    pub cluster_id: u64,
+    /// Every member, this one included.
+    pub members: Vec<MemberInfo>,
+    /// Where the log and snapshots live.
+    pub wal_dir: PathBuf,
+    /// The Raft tick (`--heartbeat-interval`).
+    pub tick: Duration,
+    /// `--election-timeout` in ticks.
+    pub election_ticks: u32,
+    /// Applied entries between snapshots (`--snapshot-count`; 0 disables snapshots).
+    pub snapshot_count: u64,
+    /// The state machine's limits (shared by every member).
+    pub kv_config: KvConfig,
+    /// The log store's limits.
+    pub storage_config: StorageConfig,
+    /// How long a client request may wait for its answer.
+    pub request_timeout: Duration,
+}
+
+/// Messages from the log writer and the applier to the event loop (unbounded: their volume is
+/// bounded by the core's flow control).
+pub(crate) enum Internal {
+    Persisted { index: u64, term: u64 },
+    Applied { index: u64 },
+    Compacted { meta: SnapshotMeta, data: Bytes },
+    Fatal(String),
+}
+
+/// Requests from clients and peers to the event loop (bounded).
+pub(crate) enum Event {
+    Messages(Vec<Message>),
+    Unreachable(NodeId),
+    Propose {
+        data: Bytes,
+        reply: oneshot::Sender<Result<(u64, Response), ServerError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, ServerError>>,
+    },
+    TransferLeader {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), ServerError>>,
+    },
+}
+
+/// A client waiting for its proposal at `index` (of `term`) to be applied.
+pub(crate) struct Waiter {
+    term: u64,
+    reply: oneshot::Sender<Result<(u64, Response), ServerError>>,
+}
+
+/// State shared by the handle, the event loop and the applier.
+pub(crate) struct Shared {
+    id: NodeId,
+    cluster_id: u64,
+    events: mpsc::Sender<Event>,
+    store: RwLock<Store>,
+    waiters: Mutex<BTreeMap<u64, Waiter>>,
+    applied: watch::Sender<u64>,
+    revision: watch::Sender<i64>,
+    status: watch::Sender<NodeStatus>,
+    members: Mutex<BTreeMap<NodeId, MemberInfo>>,
+    forwarder: Mutex<Option<Arc<dyn Forwarder>>>,
+    request_timeout: Duration,
+    tick: Duration,
+    lease_ids: Mutex<skiff_raft::Rng>,
+    stopped: watch::Sender<Option<String>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn publish_applied(&self, index: u64, revision: i64) {
+        self.applied.send_if_modified(|applied| {
+            let changed = index > *applied;
+            *applied = (*applied).max(index);
+            changed
+        });
+        self.revision.send_if_modified(|current| {
+            let changed = *current != revision;
+            *current = revision;
+            changed
+        });
+    }
+}
+
+/// A running member: the handle plus what it takes to stop it.
+pub struct Node {
+    handle: NodeHandle,
+    loop_task: tokio::task::JoinHandle<Result<(), String>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Opens the log in `options.wal_dir`, recovers the state machine, and starts the three
+    /// workers. `outbound` carries messages to peers.
+    pub fn start(options: NodeOptions, outbound: Outbound) -> Result<Node, String> {
+        let file_system = OsFileSystem::new(&options.wal_dir).map_err(|error| error.to_string())?;
+        let (storage, recovered) = FileStorage::open(file_system, options.storage_config.clone())
+            .map_err(|error| error.to_string())?;
+        let membership = Membership::new(options.members.iter().map(|member| member.id));
+        let (store, snapshot) = recover_store(&storage, &options.kv_config)?;
+        let applied = store.applied_index();
+        let revision = store.current_revision();
+        let applied_term = recovered.snapshot.as_ref().map_or(0, |meta| meta.term);
+        tracing::info!(
+            member = format_args!("{:x}", options.id),
+            applied,
+            last_index = recovered
+                .entries
+                .last()
+                .map_or(applied, |entry| entry.index),
+            term = recovered.hard_state.term,
+            "starting member"
+        );
+        let mut config = RaftConfig::new(options.id);
+        config.election_ticks = options.election_ticks;
+        config.heartbeat_ticks = 1;
+        config.random_seed = options.id ^ now_ms() as u64;
+        let initial = InitialState {
+            hard_state: recovered.hard_state,
+            snapshot: recovered.snapshot.clone(),
+            entries: recovered.entries,
+            membership: membership.clone(),
+            applied,
+        };
+        let raw = skiff_raft::RawNode::new(config, initial).map_err(|error| error.to_string())?;
+
+        let (events_tx, events_rx) = mpsc::channel(16 * 1024);
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (disk_tx, disk_rx) = std::sync::mpsc::channel();
+        let (apply_tx, apply_rx) = std::sync::mpsc::channel();
+        let members = options
+            .members
+            .iter()
+            .map(|member| (member.id, member.clone()))
+            .collect();
+        let shared = Arc::new(Shared {
+            id: options.id,
+            cluster_id: options.cluster_id,
+            events: events_tx,
+            store: RwLock::new(store),
+            waiters: Mutex::new(BTreeMap::new()),
+            applied: watch::channel(applied).0,
+            revision: watch::channel(revision).0,
+            status: watch::channel(NodeStatus {
+                cluster_id: options.cluster_id,
+                member_id: options.id,
+                raft_applied_index: applied,
+                ..NodeStatus::default()
+            })
+            .0,
+            members: Mutex::new(members),
+            forwarder: Mutex::new(None),
+            request_timeout: options.request_timeout,
+            tick: options.tick,
+            lease_ids: Mutex::new(skiff_raft::Rng::new(options.id ^ now_ms() as u64)),
+            stopped: watch::channel(None).0,
+            shutdown: watch::channel(false).0,
+        });
+
+        let writer = disk::DiskWriter {
+            storage,
+            tasks: disk_rx,
+            internal: internal_tx.clone(),
+            outbound: outbound.clone(),
+            on_fsync: Arc::new(|_| {}),
+        };
+        let log_thread = std::thread::Builder::new()
+            .name("skiff-log".into())
+            .spawn(move || writer.run())
+            .map_err(|error| error.to_string())?;
+        let applier = apply::Applier {
+            shared: shared.clone(),
+            tasks: apply_rx,
+            disk: disk_tx.clone(),
+            internal: internal_tx,
+            kv_config: options.kv_config.clone(),
+            snapshot_count: options.snapshot_count,
+            last_snapshot_index: applied,
+            last_applied_term: applied_term,
+            membership,
+        };
+        let apply_thread = std::thread::Builder::new()
+            .name("skiff-apply".into())
+            .spawn(move || applier.run())
+            .map_err(|error| error.to_string())?;
+
+        let event_loop = event_loop::EventLoop::new(
+            raw,
+            shared.clone(),
+            events_rx,
+            internal_rx,
+            disk_tx,
+            apply_tx,
+            outbound,
+            snapshot,
+        );
+        let loop_task = tokio::spawn(event_loop.run(options.tick));
+        Ok(Node {
+            handle: NodeHandle { shared },
+            loop_task,
+            threads: vec![log_thread, apply_thread],
+        })
+    }
+
+    /// The client-side handle.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until the member stops (after [`NodeHandle::shutdown`], or on a failure of its
+    /// disk or state machine) and its log writer has finished: `Err` says what failed.
+    pub async fn stopped(self) -> Result<(), String> {
+        let result = match self.loop_task.await {
+            Ok(result) => result,
+            Err(error) => Err(format!("event loop panicked: {error}")),
+        };
+        // The loop dropped its senders: the threads finish their queued work and exit.
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+        result
+    }
+}
+
+/// Reads the newest snapshot, if any, into a store; else an empty store.
+fn recover_store(
+    storage: &FileStorage,
+    config: &KvConfig,
+) -> Result<(Store, Option<(SnapshotMeta, Bytes)>), String> {
+    match storage.open_snapshot().map_err(|error| error.to_string())? {
+        None => Ok((
+            Store::new(config.clone()).map_err(|error| error.to_string())?,
+            None,
+        )),
+        Some((meta, mut reader)) => {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut data)
+                .map_err(|error| format!("reading snapshot {}: {error}", meta.index))?;
+            let store = Store::restore(&data[..], config.clone())
+                .map_err(|error| format!("snapshot {} does not restore: {error}", meta.index))?;
+            if store.applied_index() != meta.index {
+                return Err(format!(
+                    "snapshot {} holds a store applied to {}",
+                    meta.index,
+                    store.applied_index()
+                ));
+            }
+            Ok((store, Some((meta, Bytes::from(data)))))
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (lease times are the leader's wall clock).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// The client side of a member. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+}
+
+impl NodeHandle {
+    /// This member's ID.
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    /// Hands messages from a peer to the event loop; dropped when the loop is overloaded
+    /// (Raft recovers from lost messages).
+    pub fn deliver(&self, messages: Vec<Message>) {
+        if self
+            .shared
+            .events
+            .try_send(Event::Messages(messages))
+            .is_err()
+        {
+            tracing::debug!("event queue full: dropped peer messages");
+        }
+    }
+
+    /// Reports that a peer could not be reached.
+    pub fn report_unreachable(&self, peer: NodeId) {
+        let _ = self.shared.events.try_send(Event::Unreachable(peer));
+    }
+
+    /// Records what a peer told about itself (name and client URLs).
+    pub fn update_member(&self, id: NodeId, name: String, client_urls: Vec<String>) {
+        let mut members = self.shared.members.lock().expect("members lock");
+        if let Some(member) = members.get_mut(&id) {
+            member.name = name;
+            member.client_urls = client_urls;
+        }
+    }
+
+    /// Sets how writes reach the leader from this member.
+    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+        *self.shared.forwarder.lock().expect("forwarder lock") = Some(forwarder);
+    }
+
+    /// Asks the member to stop: the event loop ends, queued log writes are synced.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Resolves when the member stopped; the value says why if it failed.
+    pub async fn wait_stopped(&self) -> Option<String> {
+        let mut stopped = self.shared.stopped.subscribe();
+        let reason = stopped.wait_for(Option::is_some).await.ok()?.clone();
+        reason
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.shared.request_timeout
+    }
+
+    async fn send_event(&self, event: Event) -> Result<(), ServerError> {
+        match self.shared.events.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ServerError::TooManyRequests),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ServerError::Stopped),
+        }
+    }
+
+    /// Waits (until `deadline`) for the status to satisfy `condition`.
+    async fn wait_status(
+        &self,
+        deadline: Instant,
+        condition: impl Fn(&NodeStatus) -> bool,
+    ) -> bool {
+        let mut status = self.shared.status.subscribe();
+        let wait = async move { status.wait_for(|status| condition(status)).await.is_ok() };
+        matches!(
+            tokio::time::timeout_at(deadline.into(), wait).await,
+            Ok(true)
+        )
+    }
+
+    /// Waits (until `deadline`) for this member to apply `index`.
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ServerError> {
+        let mut applied = self.shared.applied.subscribe();
+        let wait = async move { applied.wait_for(|applied| *applied >= index).await.is_ok() };
+        match tokio::time::timeout_at(deadline.into(), wait).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Proposes `command` on this member, which believes it leads. `Err(NotLeader)` means
+    /// surely not proposed.
+    pub(crate) async fn propose_here(
+        &self,
+        mut command: Command,
+        deadline: Instant,
+    ) -> Result<(u64, Response), ServerError> {
+        self.fill_leader_fields(&mut command.operation);
+        let data = Bytes::from(command.encode());
+        let (reply, answer) = oneshot::channel();
+        self.send_event(Event::Propose { data, reply }).await?;
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// The leader's part of lease operations: its clock, and an ID for a grant without one.
+    fn fill_leader_fields(&self, operation: &mut Operation) {
+        let now = now_ms();
+        match operation {
+            Operation::LeaseGrant { id, now_ms, .. } => {
+                if *id == 0 {
+                    let mut rng = self.shared.lease_ids.lock().expect("rng lock");
+                    *id = (rng.next_u64() >> 1).max(1) as i64;
+                }
+                *now_ms = now;
+            }
+            Operation::LeaseKeepAlive { now_ms, .. }
+            | Operation::ExpireLeases { now_ms, .. }
+            | Operation::LeasePromote { now_ms } => *now_ms = now,
+            _ => {}
+        }
+    }
+
+    /// Answers a write forwarded by another member: propose it here if this member leads.
+    pub async fn handle_forward(&self, request: Bytes) -> Bytes {
+        let answer = match Command::decode(&request) {
+            Err(error) => Err(ServerError::Internal(format!(
+                "bad forwarded command: {error}"
+            ))),
+            Ok(command) => {
+                let status = self.shared.status.borrow().clone();
+                if status.leader != self.shared.id {
+                    Err(ServerError::NotLeader)
+                } else {
+                    self.propose_here(command, self.deadline()).await
+                }
+            }
+        };
+        forward::encode_answer(&answer)
+    }
+}
+
+impl Backend for NodeHandle {
+    async fn propose(&self, operation: Operation) -> Result<Response, ServerError> {
+        let deadline = self.deadline();
+        let command = Command::new(operation);
+        {
+            let store = self.shared.store.read().expect("store lock");
+            store.validate_command(&command)?;
+        }
+        loop {
+            let leader = self.shared.status.borrow().leader;
+            if leader == 0 {
+                if !self
+                    .wait_status(deadline, |status| status.leader != 0)
+                    .await
+                {
+                    return Err(ServerError::NoLeader);
+                }
+                continue;
+            }
+            let result = if leader == self.shared.id {
+                self.propose_here(command.clone(), deadline).await
+            } else {
+                let forwarder = self.shared.forwarder.lock().expect("lock").clone();
+                let Some(forwarder) = forwarder else {
+                    return Err(ServerError::NoLeader);
+                };
+                let budget = deadline.saturating_duration_since(Instant::now());
+                match forwarder
+                    .forward(leader, Bytes::from(command.encode()), budget)
+                    .await
+                {
+                    Ok(answer) => forward::decode_answer(&answer),
+                    Err(ForwardFailure::NotDelivered) => Err(ServerError::NotLeader),
+                    Err(ForwardFailure::Unknown) => Err(ServerError::Timeout),
+                }
+            };
+            match result {
+                Ok((index, response)) => {
+                    // Read-your-writes on this member too.
+                    self.wait_applied(index, deadline).await?;
+                    return Ok(response);
+                }
+                // Surely not proposed: wait for news of a leader and try again.
+                Err(ServerError::NotLeader) | Err(ServerError::NoLeader) => {
+                    if Instant::now() >= deadline {
+                        return Err(ServerError::NoLeader);
+                    }
+                    let changed = self
+                        .wait_status(
+                            (Instant::now() + self.shared.tick).min(deadline),
+                            |status| status.leader != leader,
+                        )
+                        .await;
+                    if !changed {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn read_barrier(&self) -> Result<(), ServerError> {
+        let deadline = self.deadline();
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.send_event(Event::ReadIndex { reply }).await?;
+            let index = match tokio::time::timeout_at(deadline.into(), answer).await {
+                Ok(Ok(Ok(index))) => index,
+                Ok(Ok(Err(ServerError::NoLeader))) => {
+                    if !self
+                        .wait_status(deadline, |status| status.leader != 0)
+                        .await
+                    {
+                        return Err(ServerError::NoLeader);
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                Ok(Ok(Err(error))) => return Err(error),
+                Ok(Err(_)) => return Err(ServerError::Stopped),
+                Err(_) => return Err(ServerError::Timeout),
+            };
+            return self.wait_applied(index, deadline).await;
+        }
+    }
+
+    fn read<R>(&self, read: impl FnOnce(&Store) -> R) -> R {
+        read(&self.shared.store.read().expect("store lock"))
+    }
+
+    fn revisions(&self) -> watch::Receiver<i64> {
+        self.shared.revision.subscribe()
+    }
+
+    fn status(&self) -> NodeStatus {
+        self.shared.status.borrow().clone()
+    }
+
+    fn members(&self) -> Vec<MemberInfo> {
+        self.shared
+            .members
+            .lock()
+            .expect("members lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+
+    async fn move_leader(&self, target: u64) -> Result<(), ServerError> {
+        let deadline = self.deadline();
+        let (reply, answer) = oneshot::channel();
+        self.send_event(Event::TransferLeader { target, reply })
+            .await?;
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => return Err(error),
+            Ok(Err(_)) => return Err(ServerError::Stopped),
+            Err(_) => return Err(ServerError::Timeout),
+        }
+        if self
+            .wait_status(deadline, |status| status.leader == target)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(ServerError::Timeout)
+        }
+    }
+}
+
+/// Where a member keeps its log under its data directory.
+pub fn wal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("wal")
+}

@@ -1,0 +1,322 @@
+//! Members running the real event loop, log writer and applier on real files, connected by
+//! an in-process network that can cut members off: elections, writes through any member,
+//! linearizable reads, failover, restart from disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use skiff_kv::{KvConfig, Operation, PutRequest, RangeRequest, ResponseBody};
+use skiff_raft::{Message, NodeId};
+use skiff_server::node::{ForwardFailure, Forwarder, Outbound};
+use skiff_server::{Backend, MemberInfo, Node, NodeHandle, NodeOptions, ServerError};
+use skiff_storage::StorageConfig;
+
+/// The in-process network: handles of running members, and members cut off.
+#[derive(Clone, Default)]
+struct Net {
+    handles: Arc<Mutex<BTreeMap<NodeId, NodeHandle>>>,
+    isolated: Arc<Mutex<BTreeSet<NodeId>>>,
+}
+
+impl Net {
+    fn reachable(&self, from: NodeId, to: NodeId) -> Option<NodeHandle> {
+        let isolated = self.isolated.lock().unwrap();
+        if isolated.contains(&from) || isolated.contains(&to) {
+            return None;
+        }
+        self.handles.lock().unwrap().get(&to).cloned()
+    }
+
+    fn outbound(&self, from: NodeId) -> Outbound {
+        let net = self.clone();
+        Arc::new(move |messages: Vec<Message>| {
+            let mut by_peer: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
+            for message in messages {
+                by_peer.entry(message.to).or_default().push(message);
+            }
+            for (to, batch) in by_peer {
+                match net.reachable(from, to) {
+                    Some(handle) => handle.deliver(batch),
+                    None => {
+                        if let Some(sender) = net.handles.lock().unwrap().get(&from) {
+                            sender.report_unreachable(to);
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+struct NetForwarder {
+    net: Net,
+    from: NodeId,
+}
+
+impl Forwarder for NetForwarder {
+    fn forward(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        timeout: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<Bytes, ForwardFailure>> + Send>> {
+        let target = self.net.reachable(self.from, to);
+        Box::pin(async move {
+            let Some(target) = target else {
+                return Err(ForwardFailure::NotDelivered);
+            };
+            tokio::time::timeout(timeout, target.handle_forward(request))
+                .await
+                .map_err(|_| ForwardFailure::Unknown)
+        })
+    }
+}
+
+struct TestCluster {
+    net: Net,
+    dir: PathBuf,
+    ids: Vec<NodeId>,
+    nodes: BTreeMap<NodeId, Node>,
+}
+
+impl TestCluster {
+    fn new(size: u64, name: &str) -> TestCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "skiff-node-cluster-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut cluster = TestCluster {
+            net: Net::default(),
+            dir,
+            ids: (1..=size).collect(),
+            nodes: BTreeMap::new(),
+        };
+        for id in cluster.ids.clone() {
+            cluster.start(id);
+        }
+        cluster
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let members = self
+            .ids
+            .iter()
+            .map(|&id| MemberInfo {
+                id,
+                name: format!("m{id}"),
+                peer_urls: vec![],
+                client_urls: vec![],
+                is_learner: false,
+            })
+            .collect();
+        let options = NodeOptions {
+            id,
+            cluster_id: 7,
+            members,
+            wal_dir: self.dir.join(format!("m{id}")),
+            tick: Duration::from_millis(10),
+            election_ticks: 10,
+            snapshot_count: 50,
+            kv_config: KvConfig::default(),
+            storage_config: StorageConfig::small_for_tests(),
+            request_timeout: Duration::from_secs(3),
+        };
+        let node = Node::start(options, self.net.outbound(id)).expect("start");
+        let handle = node.handle();
+        handle.set_forwarder(Arc::new(NetForwarder {
+            net: self.net.clone(),
+            from: id,
+        }));
+        self.net.handles.lock().unwrap().insert(id, handle);
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        self.net.handles.lock().unwrap().remove(&id);
+        let node = self.nodes.remove(&id).expect("running");
+        node.handle().shutdown();
+        node.stopped().await.expect("clean stop");
+    }
+
+    fn handle(&self, id: NodeId) -> NodeHandle {
+        self.nodes[&id].handle()
+    }
+
+    async fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            for (id, node) in &self.nodes {
+                if self.net.isolated.lock().unwrap().contains(id) {
+                    continue;
+                }
+                if node.handle().status().leader == *id {
+                    return *id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 5 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values() {
+            node.handle().shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn put(handle: &NodeHandle, key: &str, value: &str) -> Result<i64, ServerError> {
+    let response = handle
+        .propose(Operation::Put(PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+            ..Default::default()
+        }))
+        .await?;
+    match response.result? {
+        ResponseBody::Put(_) => Ok(response.revision),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+async fn get_linearizable(handle: &NodeHandle, key: &str) -> Result<Option<String>, ServerError> {
+    handle.read_barrier().await?;
+    let response = handle.read(|store| {
+        store.range(&RangeRequest {
+            key: key.as_bytes().to_vec().into(),
+            ..Default::default()
+        })
+    })?;
+    Ok(response
+        .kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_any_member_are_read_back_everywhere() {
+    let cluster = TestCluster::new(3, "any");
+    let leader = cluster.leader().await;
+    let mut expected_revision = 1;
+    for id in cluster.ids.clone() {
+        expected_revision += 1;
+        let revision = put(&cluster.handle(id), &format!("k{id}"), &format!("v{id}"))
+            .await
+            .unwrap_or_else(|error| panic!("put through m{id} (leader m{leader}): {error}"));
+        assert_eq!(revision, expected_revision, "one revision per put");
+    }
+    for reader in cluster.ids.clone() {
+        for id in cluster.ids.clone() {
+            let value = get_linearizable(&cluster.handle(reader), &format!("k{id}"))
+                .await
+                .unwrap();
+            assert_eq!(value.as_deref(), Some(format!("v{id}").as_str()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_and_an_isolated_leader_cannot_serve() {
+    let cluster = TestCluster::new(3, "failover");
+    let old = cluster.leader().await;
+    put(&cluster.handle(old), "a", "1").await.unwrap();
+    cluster.net.isolated.lock().unwrap().insert(old);
+    let started = Instant::now();
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    put(&cluster.handle(new), "a", "2").await.unwrap();
+    // The cut-off member must not answer a linearizable read with the stale value.
+    match get_linearizable(&cluster.handle(old), "a").await {
+        Err(ServerError::Timeout) | Err(ServerError::NoLeader) => {}
+        other => panic!("isolated member answered {other:?}"),
+    }
+    cluster.net.isolated.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match get_linearizable(&cluster.handle(old), "a").await {
+            Ok(value) => {
+                assert_eq!(value.as_deref(), Some("2"));
+                break;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "never recovered: {error}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_recovers_its_state_from_disk_and_snapshots() {
+    let mut cluster = TestCluster::new(3, "restart");
+    let leader = cluster.leader().await;
+    // More writes than snapshot_count (50), so snapshots and log compaction happen.
+    for i in 0..120 {
+        put(
+            &cluster.handle(leader),
+            &format!("key{}", i % 10),
+            &format!("{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    let victim = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    cluster.stop(victim).await;
+    for i in 120..200 {
+        put(
+            &cluster.handle(leader),
+            &format!("key{}", i % 10),
+            &format!("{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    cluster.start(victim);
+    let handle = cluster.handle(victim);
+    let value = get_linearizable(&handle, "key9").await.unwrap();
+    assert_eq!(value.as_deref(), Some("199"));
+    let revision = handle.read(|store| store.current_revision());
+    assert_eq!(revision, 201, "200 puts after revision 1");
+    // Stop everyone, restart everyone: the state comes back from the logs and snapshots.
+    for id in cluster.ids.clone() {
+        cluster.stop(id).await;
+    }
+    for id in cluster.ids.clone() {
+        cluster.start(id);
+    }
+    let leader = cluster.leader().await;
+    let value = get_linearizable(&cluster.handle(leader), "key3")
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("193"));
+    // Every member converges to the same key space.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let hashes: Vec<Option<u32>> = cluster
+            .ids
+            .iter()
+            .map(|&id| {
+                cluster
+                    .handle(id)
+                    .read(|store| store.hash_kv(0).ok().map(|h| h.hash))
+            })
+            .collect();
+        if hashes.windows(2).all(|pair| pair[0] == pair[1]) && hashes[0].is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "members disagree: {hashes:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
