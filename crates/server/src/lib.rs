@@ -4,6 +4,7 @@
 //! v3 gRPC API. This is the only crate that does network I/O.
 
 pub mod backend;
+pub mod bootstrap;
 pub mod config;
 pub mod ids;
 
