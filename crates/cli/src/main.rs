@@ -1,6 +1,10 @@
-//! `skiff`: command-line entry point. Parses flags and hands over to the library;
-//! `serve` and `demo` will join `bench` as sibling subcommands.
+//! `skiff`: command-line entry point. Parses flags and hands over to the library.
+//!
+//! `skiff`, `skiff serve [flags]` and `skiff --some-member-flag ...` all run a member (etcd's
+//! flags, see `skiff_cli::serve`); `skiff bench ...` runs the load generator.
 
+use std::ffi::OsString;
+use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,6 +13,8 @@ use skiff_cli::bench::{
     self, BenchConfig, BenchError, ConnectionConfig, Consistency, LeaseKeepaliveConfig, PutConfig,
     RangeConfig, TxnPutConfig, WatchLatencyConfig, Workload,
 };
+use skiff_cli::serve::{self, ServeArgs, ServeOptions};
+use skiff_server::ServerConfig;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +29,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a member (the default when no subcommand is given; etcd's flags, each also read from
+    /// SKIFF_<FLAG>).
+    Serve(Box<ServeArgs>),
     /// Load generator for any etcd v3 endpoint (flags and report of etcd's benchmark tool).
     Bench(BenchArgs),
 }
@@ -226,9 +235,84 @@ async fn bench(config: BenchConfig, json: bool) -> anyhow::Result<bool> {
     Ok(report.stats.failed() == 0)
 }
 
+// ---------------------------------------------------------------------------------------------
+// INTEGRATION POINT: connect the member runtime here.
+//
+// Replace the body with `skiff_server::run(config, shutdown).await` (mapping its error into
+// anyhow) once `skiff_server::run` exists. `shutdown` resolves on SIGTERM or SIGINT; the member
+// should stop accepting requests, finish what it can, and return.
+// ---------------------------------------------------------------------------------------------
+async fn run_member(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let _ = (config, shutdown);
+    anyhow::bail!("this build cannot run a member yet (skiff_server::run is not connected)")
+}
+
+/// Runs a member from parsed (or refused) flags.
+fn serve_main(parsed: Result<ServeOptions, serve::FlagError>) -> ExitCode {
+    let options = match parsed {
+        Ok(options) => options,
+        Err(error) => {
+            error.print();
+            return ExitCode::from(error.exit_code());
+        }
+    };
+    if options.print_config {
+        print!("{}", options.describe());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_max_level(options.log_level.tracing_level())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let env_vars = std::env::vars_os().filter_map(|(key, _)| key.into_string().ok());
+    for var in serve::unrecognized_env_vars(env_vars) {
+        tracing::warn!("unrecognized environment variable {var}");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        let shutdown = serve::shutdown_signal()?;
+        run_member(options.config, shutdown).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_lookup(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
 fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let first = args.get(1).and_then(|arg| arg.to_str());
+    let member_flags = match first {
+        None => Some(&args[1..]),
+        Some("serve") => Some(&args[2..]),
+        Some("-h" | "--help" | "-V" | "--version") => None,
+        Some(arg) if arg.starts_with('-') => Some(&args[1..]),
+        Some(_) => None,
+    };
+    if let Some(flags) = member_flags {
+        return serve_main(serve::parse_serve_args(flags.iter().cloned(), &env_lookup));
+    }
     let cli = Cli::parse();
     match cli.command {
+        // Normally taken above; reached only through clap's own routing.
+        Command::Serve(args) => serve_main(serve::options_from_args(*args, &env_lookup)),
         Command::Bench(args) => {
             let (config, json) = match bench_config(args) {
                 Ok(parsed) => parsed,

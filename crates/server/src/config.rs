@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// `--max-txn-ops` (default 128).
     pub max_txn_ops: usize,
+    /// `--listen-metrics-urls`, resolved to socket addresses (default none): extra plain-HTTP
+    /// listeners serving only `/metrics` and `/health` (`http::metrics_routes`).
+    pub listen_metrics: Vec<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -80,6 +83,7 @@ impl ServerConfig {
             snapshot_count: 100_000,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
+            listen_metrics: Vec::new(),
         }
     }
 }

@@ -6,7 +6,9 @@
 pub mod backend;
 pub mod bootstrap;
 pub mod config;
+pub mod http;
 pub mod ids;
+pub mod metrics;
 
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
 pub use config::{ClusterState, InitialMember, ServerConfig};
