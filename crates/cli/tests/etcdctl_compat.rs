@@ -1037,3 +1037,44 @@ fn etcdctl_script_skiff_matches_etcd() {
         failures.join("\n")
     );
 }
+
+/// The fault-test helpers on etcd: leader, pause/resume, kill/restart, and no leftovers.
+#[test]
+fn cluster_helpers_against_etcd() {
+    if !support::etcd_available("cluster_helpers_against_etcd") {
+        return;
+    }
+    let mut cluster = Cluster::start(Kind::Etcd, 3, Options::default());
+    let leader = cluster.wait_leader(Duration::from_secs(10));
+    let follower = (leader + 1) % cluster.len();
+    assert!(cluster.etcdctl(&["put", "k", "1"]).success());
+
+    cluster.pause(follower);
+    let out = cluster.etcdctl(&["put", "k", "2"]);
+    assert!(
+        out.success(),
+        "a paused follower does not block writes: {out:?}"
+    );
+    cluster.resume(follower);
+
+    cluster.kill(follower);
+    assert!(!cluster.is_running(follower));
+    assert!(cluster.etcdctl(&["put", "k", "3"]).success());
+    cluster.restart(follower);
+    let out = cluster.etcdctl_at(&[follower], &["get", "k", "--print-value-only"]);
+    assert_eq!(out.stdout, "3\n", "the restarted member caught up: {out:?}");
+    assert_eq!(cluster.endpoints().len(), 3);
+    // Some member leads again (not necessarily the old leader: a restart may cause an election).
+    cluster.wait_leader(Duration::from_secs(10));
+
+    let pids: Vec<u32> = (0..cluster.len()).filter_map(|m| cluster.pid(m)).collect();
+    let directory = cluster.directory().to_path_buf();
+    drop(cluster);
+    assert!(!directory.exists(), "the cluster directory is removed");
+    for pid in pids {
+        assert!(
+            !PathBuf::from(format!("/proc/{pid}")).exists(),
+            "member process {pid} is gone"
+        );
+    }
+}
