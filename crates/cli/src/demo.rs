@@ -353,7 +353,9 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         bail!("expected 10 keys after the failover, found {count}");
     }
 
-    say(&format!("4. Restarting {old_name}: it rejoins as a follower and catches up."));
+    say(&format!(
+        "4. Restarting {old_name}: it rejoins as a follower and catches up."
+    ));
     let binary = cluster.binary.clone();
     cluster.members[old_leader].start(&binary)?;
     let restarted = Instant::now();

@@ -34,6 +34,24 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Load generator for any etcd v3 endpoint (flags and report of etcd's benchmark tool).
     Bench(BenchArgs),
+    /// Start a local cluster of real members, show a leader failover, then keep serving.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Members to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=7))]
+    members: u8,
+    /// Stop after the scenario instead of serving until Ctrl-C.
+    #[arg(long)]
+    exit_after_scenario: bool,
+    /// Election timeout of the members, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+    /// Heartbeat interval of the members, milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
 }
 
 #[derive(Args)]
@@ -313,6 +331,28 @@ fn main() -> ExitCode {
     match cli.command {
         // Normally taken above; reached only through clap's own routing.
         Command::Serve(args) => serve_main(serve::options_from_args(*args, &env_lookup)),
+        Command::Demo(args) => {
+            let options = skiff_cli::demo::DemoOptions {
+                members: usize::from(args.members),
+                exit_after_scenario: args.exit_after_scenario,
+                election_timeout_ms: args.election_timeout,
+                heartbeat_interval_ms: args.heartbeat_interval,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("error: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(skiff_cli::demo::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Bench(args) => {
             let (config, json) = match bench_config(args) {
                 Ok(parsed) => parsed,

@@ -127,6 +127,7 @@ impl TestCluster {
             kv_config: KvConfig::default(),
             storage_config: StorageConfig::small_for_tests(),
             request_timeout: Duration::from_secs(3),
+            metrics: Arc::new(skiff_server::metrics::Metrics::new()),
         };
         let node = Node::start(options, self.net.outbound(id)).expect("start");
         let handle = node.handle();

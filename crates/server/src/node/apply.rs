@@ -97,6 +97,10 @@ impl Applier {
                 self.last_applied_term = entry.term;
                 answers.push((entry.index, entry.term, response));
             }
+            self.shared
+                .metrics
+                .db_total_size_bytes
+                .set(store.approximate_size_bytes());
             store.current_revision()
         };
         {

@@ -44,7 +44,6 @@ pub(crate) struct EventLoop {
     /// Index of the last lease-expiry proposal: no new one until it is applied.
     expiry_in_flight: u64,
     applied: u64,
-    leader_changes: u64,
 }
 
 impl EventLoop {
@@ -75,7 +74,6 @@ impl EventLoop {
             ticks: 0,
             expiry_in_flight: 0,
             applied,
-            leader_changes: 0,
         }
     }
 
@@ -206,6 +204,7 @@ impl EventLoop {
                     waiters.insert(index, Waiter { term, reply });
                 }
                 Err(error) => {
+                    self.shared.metrics.proposals_failed.inc();
                     let _ = reply.send(Err(match error {
                         RaftError::NotLeader { .. } | RaftError::TransferInProgress => {
                             ServerError::NotLeader
@@ -313,8 +312,10 @@ impl EventLoop {
     fn on_soft_state(&mut self, role: Role, leader: Option<u64>, term: u64) {
         let previous = self.shared.status.borrow().leader;
         let leader = leader.unwrap_or(0);
+        self.shared
+            .metrics
+            .observe_leader(leader, leader == self.shared.id, previous);
         if leader != previous && leader != 0 {
-            self.leader_changes += 1;
             tracing::info!(
                 member = format_args!("{:x}", self.shared.id),
                 leader = format_args!("{leader:x}"),
@@ -343,6 +344,12 @@ impl EventLoop {
 
     fn publish_status(&self) {
         let status = self.raw.status();
+        let metrics = &self.shared.metrics;
+        metrics.raft_term.set(status.term);
+        metrics.proposals_committed.set(status.commit);
+        metrics.proposals_applied.set(self.applied);
+        let pending = self.shared.waiters.lock().expect("waiters lock").len();
+        metrics.proposals_pending.set(pending as u64);
         let next = NodeStatus {
             cluster_id: self.shared.cluster_id,
             member_id: self.shared.id,

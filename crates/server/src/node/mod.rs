@@ -29,6 +29,7 @@ use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{Backend, MemberInfo, NodeStatus, ServerError};
+use crate::metrics::Metrics;
 
 pub use forward::{ForwardFailure, Forwarder};
 
@@ -57,6 +58,8 @@ pub struct NodeOptions {
     pub storage_config: StorageConfig,
     /// How long a client request may wait for its answer.
     pub request_timeout: Duration,
+    /// Where the member reports its metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Messages from the log writer and the applier to the event loop (unbounded: their volume is
@@ -108,6 +111,7 @@ pub(crate) struct Shared {
     lease_ids: Mutex<skiff_raft::Rng>,
     stopped: watch::Sender<Option<String>>,
     shutdown: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -198,6 +202,7 @@ impl Node {
             lease_ids: Mutex::new(skiff_raft::Rng::new(options.id ^ now_ms() as u64)),
             stopped: watch::channel(None).0,
             shutdown: watch::channel(false).0,
+            metrics: options.metrics.clone(),
         });
 
         let writer = disk::DiskWriter {
@@ -205,7 +210,10 @@ impl Node {
             tasks: disk_rx,
             internal: internal_tx.clone(),
             outbound: outbound.clone(),
-            on_fsync: Arc::new(|_| {}),
+            on_fsync: {
+                let metrics = options.metrics.clone();
+                Arc::new(move |elapsed| metrics.wal_fsync_duration.observe(elapsed))
+            },
         };
         let log_thread = std::thread::Builder::new()
             .name("skiff-log".into())

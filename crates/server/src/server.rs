@@ -1,0 +1,265 @@
+//! `run`: one member, from its configuration to a graceful stop.
+//!
+//! Start-up: decide the cluster (bootstrap), bind every listener (a port in use is reported
+//! with its flag before anything else starts), start the peer transport, the member runtime,
+//! the peer gRPC server and the client server (etcd's gRPC API and the HTTP endpoints on the
+//! same port). Then wait for the shutdown signal or a failure of the member's own disk.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use skiff_kv::KvConfig;
+use skiff_raft::NodeId;
+use skiff_storage::StorageConfig;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, ApiLimits};
+use crate::backend::Backend;
+use crate::bootstrap;
+use crate::config::ServerConfig;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::node::{self, ForwardFailure, Forwarder, Node, NodeHandle, NodeOptions};
+use crate::transport::{
+    self, ForwardFuture, ForwardHandler, PeerIdentity, Transport, TransportEvent, TransportLimits,
+};
+
+/// Why a member could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The data directory or the flags do not allow starting.
+    #[error(transparent)]
+    Bootstrap(#[from] bootstrap::BootstrapError),
+    /// A listener could not be bound.
+    #[error("{flag}: cannot listen on {address}: {error}")]
+    Listen {
+        /// The flag that named the address.
+        flag: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// What failed.
+        error: std::io::Error,
+    },
+    /// The member's log or state machine failed.
+    #[error("member failed: {0}")]
+    Member(String),
+}
+
+async fn bind(flag: &'static str, addresses: &[SocketAddr]) -> Result<Vec<TcpListener>, RunError> {
+    let mut listeners = Vec::new();
+    for &address in addresses {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|error| RunError::Listen {
+                flag,
+                address,
+                error,
+            })?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Forwards writes over the peer transport.
+struct TransportForwarder(Transport);
+
+impl Forwarder for TransportForwarder {
+    fn forward(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Bytes, ForwardFailure>> + Send>> {
+        let transport = self.0.clone();
+        Box::pin(async move {
+            transport
+                .forward(to, request, timeout)
+                .await
+                .map_err(|error| {
+                    if error.surely_not_delivered() {
+                        ForwardFailure::NotDelivered
+                    } else {
+                        tracing::debug!(%error, "forwarded write without an answer");
+                        ForwardFailure::Unknown
+                    }
+                })
+        })
+    }
+}
+
+/// Answers writes forwarded by peers.
+struct NodeForwardHandler(NodeHandle);
+
+impl ForwardHandler for NodeForwardHandler {
+    fn forward(&self, request: Bytes) -> ForwardFuture {
+        let handle = self.0.clone();
+        Box::pin(async move { Ok(handle.handle_forward(request).await) })
+    }
+}
+
+/// Runs a member until `shutdown` resolves (then stops gracefully: the servers stop
+/// accepting, queued log writes are synced) or the member's own disk fails.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let cluster = bootstrap::load_or_create(&config)?;
+    let peer_listeners = bind("--listen-peer-urls", &config.listen_peer).await?;
+    let client_listeners = bind("--listen-client-urls", &config.listen_client).await?;
+    let metrics_listeners = bind("--listen-metrics-urls", &config.listen_metrics).await?;
+    tracing::info!(
+        name = %config.name,
+        member = format_args!("{:x}", cluster.member_id),
+        cluster = format_args!("{:x}", cluster.cluster_id),
+        data_dir = %config.data_dir.display(),
+        restarted = cluster.restarted,
+        "starting skiff member"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let identity = PeerIdentity {
+        cluster_id: cluster.cluster_id,
+        member_id: cluster.member_id,
+        name: config.name.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+    };
+    let handle_cell: Arc<OnceLock<NodeHandle>> = Arc::new(OnceLock::new());
+    let sink: transport::EventSink = {
+        let cell = handle_cell.clone();
+        Arc::new(move |event| {
+            let Some(handle) = cell.get() else {
+                return; // not started yet: Raft recovers from the loss
+            };
+            match event {
+                TransportEvent::Messages(messages) => handle.deliver(messages),
+                TransportEvent::Unreachable(peer) => handle.report_unreachable(peer),
+                TransportEvent::PeerInfo {
+                    id,
+                    name,
+                    client_urls,
+                } => handle.update_member(id, name, client_urls),
+            }
+        })
+    };
+    let limits = TransportLimits::default();
+    let peers = cluster
+        .members
+        .iter()
+        .filter(|member| member.id != cluster.member_id)
+        .map(|member| (member.id, member.peer_urls.clone()))
+        .collect();
+    let transport = Transport::start(identity.clone(), peers, sink.clone(), limits.clone());
+
+    let election_ticks = (config.election_timeout.as_millis()
+        / config.heartbeat_interval.as_millis().max(1))
+    .max(2) as u32;
+    let kv_config = KvConfig {
+        max_txn_ops: config.max_txn_ops,
+        max_request_bytes: config.max_request_bytes,
+        // etcd: leases are granted at least ceil(1.5 × election timeout).
+        min_lease_ttl_seconds: ((config.election_timeout.as_millis() * 3).div_ceil(2000)) as i64,
+        ..KvConfig::default()
+    };
+    let options = NodeOptions {
+        id: cluster.member_id,
+        cluster_id: cluster.cluster_id,
+        members: cluster.members.clone(),
+        wal_dir: node::wal_dir(&config.data_dir),
+        tick: config.heartbeat_interval,
+        election_ticks,
+        snapshot_count: config.snapshot_count,
+        kv_config,
+        storage_config: StorageConfig::default(),
+        // etcd: 5 s plus two election timeouts.
+        request_timeout: Duration::from_secs(5) + 2 * config.election_timeout,
+        metrics: metrics.clone(),
+    };
+    let outbound: node::Outbound = {
+        let transport = transport.clone();
+        Arc::new(move |messages| transport.send(messages))
+    };
+    let member = Node::start(options, outbound).map_err(RunError::Member)?;
+    let handle = member.handle();
+    let _ = handle_cell.set(handle.clone());
+    handle.set_forwarder(Arc::new(TransportForwarder(transport.clone())));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut receiver: watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in peer_listeners {
+        let service = transport::peer_service(
+            identity.clone(),
+            sink.clone(),
+            Arc::new(NodeForwardHandler(handle.clone())),
+            limits.clone(),
+        );
+        let server = transport::server_builder(&limits)
+            .add_service(service)
+            .serve_with_incoming_shutdown(transport::incoming(listener), stopped(stop_rx.clone()));
+        servers.spawn(async move { ("peer", server.await.map_err(|e| e.to_string())) });
+    }
+    let health = {
+        let handle = handle.clone();
+        move || {
+            let handle = handle.clone();
+            async move {
+                // etcd 3.4: healthy when a quorum read succeeds in time.
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), handle.read_barrier()).await,
+                    Ok(Ok(()))
+                )
+            }
+        }
+    };
+    let http_state = HttpState::with_async_health(metrics.clone(), health);
+    for listener in client_listeners {
+        let routes = api::client_router(handle.clone(), ApiLimits::from_config(&config))
+            .add_routes(tonic::service::Routes::from(http::http_routes(http_state.clone())));
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(transport::incoming(listener), stopped(stop_rx.clone()));
+        servers.spawn(async move { ("client", server.await.map_err(|e| e.to_string())) });
+    }
+    for listener in metrics_listeners {
+        let routes = tonic::service::Routes::from(http::metrics_routes(http_state.clone()));
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(transport::incoming(listener), stopped(stop_rx.clone()));
+        servers.spawn(async move { ("metrics", server.await.map_err(|e| e.to_string())) });
+    }
+    tracing::info!(
+        client = ?config.listen_client,
+        peer = ?config.listen_peer,
+        "serving"
+    );
+    let failure = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            None
+        }
+        reason = handle.wait_stopped() => Some(reason.unwrap_or_else(|| "stopped".into())),
+        Some(Ok((kind, Err(error)))) = servers.join_next() => {
+            Some(format!("{kind} server failed: {error}"))
+        }
+    };
+    let _ = stop_tx.send(true);
+    handle.shutdown();
+    let stopped = member.stopped().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    match (failure, stopped) {
+        (None, Ok(())) => Ok(()),
+        (Some(reason), _) | (None, Err(reason)) => Err(RunError::Member(reason)),
+    }
+}
