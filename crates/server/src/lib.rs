@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod config;
 pub mod ids;
+pub mod transport;
 
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
 pub use config::{ClusterState, InitialMember, ServerConfig};
