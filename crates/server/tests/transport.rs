@@ -758,3 +758,61 @@ async fn forward_to_the_wrong_cluster_is_refused() {
         other => panic!("expected Rejected, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_respect_the_frame_limit_and_oversized_messages_are_dropped() {
+    let b = member(2);
+    let a = Recorder::default();
+    let limits = TransportLimits {
+        max_frame_bytes: 4096,
+        ..TransportLimits::default()
+    };
+    let ta = start_transport(1, &[(2, b.server.url())], &a, limits);
+    let mut expected = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..500 {
+        let message = if i == 250 {
+            // Far larger than a frame: dropped, the rest still flows.
+            Message {
+                from: 1,
+                to: 2,
+                term: 1,
+                body: MessageBody::InstallSnapshot {
+                    meta: SnapshotMeta::default(),
+                    data: Bytes::from(vec![7u8; 100_000]),
+                },
+            }
+        } else {
+            let message = Message {
+                from: 1,
+                to: 2,
+                term: 1,
+                body: MessageBody::AppendEntries {
+                    prev_log_index: i,
+                    prev_log_term: 1,
+                    entries: vec![entry(i + 1, EntryKind::Normal, &[i as u8; 100])],
+                    commit: i,
+                },
+            };
+            expected.push(message.clone());
+            message
+        };
+        batch.push(message);
+    }
+    ta.send(batch);
+    assert!(
+        b.recorder
+            .wait(WAIT, |r| r.messages().len() >= expected.len())
+            .await
+    );
+    assert_eq!(b.recorder.messages(), expected);
+    // Several frames were needed, each within the limit.
+    let frames = b
+        .recorder
+        .events()
+        .iter()
+        .filter(|e| matches!(e, TransportEvent::Messages(_)))
+        .count();
+    assert!(frames >= 499 * 120 / 4096, "only {frames} frames");
+    assert_eq!(a.unreachable(2), 0);
+}

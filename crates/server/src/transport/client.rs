@@ -18,8 +18,6 @@ use super::{
     TransportLimits, PROTOCOL_VERSION,
 };
 
-/// Protobuf overhead of one message inside a batch (tag + length varint), upper bound.
-const PER_MESSAGE_OVERHEAD: usize = 11;
 /// Protobuf overhead of a frame around its batch, upper bound.
 const FRAME_OVERHEAD: usize = 32;
 
@@ -197,7 +195,7 @@ impl PeerLink {
         let mut buf = BytesMut::new();
         let mut messages = Vec::with_capacity(batch.len());
         for Queued { message, size } in batch {
-            if size + PER_MESSAGE_OVERHEAD > budget {
+            if size > budget {
                 tracing::error!(
                     peer = %format_args!("{:x}", self.id),
                     kind = message.body.name(),

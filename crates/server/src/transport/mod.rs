@@ -192,9 +192,13 @@ pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// A message waiting to be sent, with its encoded size.
+/// Protobuf overhead of one message inside a batch (tag + length varint), upper bound.
+const PER_MESSAGE_OVERHEAD: usize = 11;
+
+/// A message waiting to be sent, with the bytes it adds to a frame.
 struct Queued {
     message: Message,
+    /// Encoded length plus [`PER_MESSAGE_OVERHEAD`].
     size: usize,
 }
 
@@ -420,7 +424,7 @@ impl Transport {
     pub fn send(&self, messages: Vec<Message>) {
         let mut by_peer: BTreeMap<NodeId, Vec<Queued>> = BTreeMap::new();
         for message in messages {
-            let size = codec::encoded_len(&message);
+            let size = codec::encoded_len(&message) + PER_MESSAGE_OVERHEAD;
             by_peer
                 .entry(message.to)
                 .or_default()
