@@ -1,6 +1,7 @@
 //! The etcd v3 client API (as of etcd 3.4) as Rust types, with tonic clients and
 //! servers for the `KV`, `Watch`, `Lease`, `Cluster`, `Maintenance` and `Auth`
-//! (`Authenticate` only) services.
+//! (`Authenticate` only) services, plus Skiff's own member-to-member `Peer` service
+//! ([`skiffpb`]).
 //!
 //! Why a crate of its own: the server and the load generator must agree on the wire
 //! format, and both must agree with etcd, so that etcd's own clients work against Skiff
@@ -9,6 +10,13 @@
 //! etcd's). The Rust code is generated from them by `codegen/` and committed, which keeps
 //! `protoc` and the code generator out of every build. Byte fields are
 //! [`prost::bytes::Bytes`], so payloads can be shared without copying.
+//!
+//! [`skiffpb`] (`proto/skiffpb/peer.proto`) is not etcd's: it is the protocol Skiff members
+//! speak to each other on their peer URLs. `Peer.Stream` is a one-way client stream of
+//! Raft messages whose first frame is a `Hello` (cluster ID, sender and intended receiver,
+//! the sender's name and client URLs, protocol version) and whose later frames each carry a
+//! batch of messages encoded by skiff-server's message codec; `Peer.Forward` is a unary call
+//! that carries a client request to the leader and its answer back.
 
 #![deny(missing_docs)]
 
@@ -30,6 +38,13 @@ pub mod authpb {
     include!("generated/authpb.rs");
 }
 
+/// Skiff's member-to-member protocol (`package skiffpb`): the `Peer` service with its
+/// message stream and request forwarding. Not part of etcd's API.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod skiffpb {
+    include!("generated/skiffpb.rs");
+}
+
 pub use prost;
 pub use tonic;
 
@@ -45,7 +60,7 @@ mod tests {
     /// editing one, run `cargo run --manifest-path crates/etcd-proto/codegen/Cargo.toml`.
     #[test]
     fn generated_code_is_newer_than_the_protos() {
-        let sources: [(&str, &str); 3] = [
+        let sources: [(&str, &str); 4] = [
             (
                 "etcdserverpb/rpc.proto",
                 include_str!("../proto/etcdserverpb/rpc.proto"),
@@ -54,6 +69,10 @@ mod tests {
             (
                 "authpb/auth.proto",
                 include_str!("../proto/authpb/auth.proto"),
+            ),
+            (
+                "skiffpb/peer.proto",
+                include_str!("../proto/skiffpb/peer.proto"),
             ),
         ];
         let fnv1a = |mut hash: u64, bytes: &[u8]| {

@@ -9,8 +9,9 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod metrics;
+pub mod node;
+pub mod transport;
 
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
 pub use config::{ClusterState, InitialMember, ServerConfig};
 pub use node::{Node, NodeHandle, NodeOptions};
-pub mod node;

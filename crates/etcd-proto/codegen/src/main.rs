@@ -22,7 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = crate_dir.join("proto");
     let out_dir = crate_dir.join("src").join("generated");
     std::fs::create_dir_all(&out_dir)?;
-    let files = ["etcdserverpb/rpc.proto", "mvccpb/kv.proto", "authpb/auth.proto"];
+    let files = [
+        "etcdserverpb/rpc.proto",
+        "mvccpb/kv.proto",
+        "authpb/auth.proto",
+        "skiffpb/peer.proto",
+    ];
     let descriptors = protox::compile(files, [&proto_dir])?;
     tonic_prost_build::configure()
         .build_client(true)

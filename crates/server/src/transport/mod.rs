@@ -1,0 +1,473 @@
+//! The peer transport: how members carry Raft messages and forwarded client requests to each
+//! other over gRPC (`skiffpb.Peer`, see [`skiff_etcd_proto::skiffpb`]).
+//!
+//! **Sending.** [`Transport`] keeps one bounded queue and one long-lived client stream per
+//! peer. [`Transport::send`] never waits: it puts messages on the recipients' queues, and a
+//! full queue drops the message and reports [`TransportEvent::Unreachable`]. Each peer has its
+//! own task that connects, sends a hello, then sends everything queued as one frame per write
+//! (a batch of messages encoded by [`codec`]). When a connection attempt fails or the stream
+//! breaks, the task reports `Unreachable`, discards what is queued (Raft resends what matters
+//! once it probes the follower again) and reconnects with jittered exponential backoff.
+//!
+//! **Receiving.** [`peer_service`] builds the gRPC service. A stream must open with a hello
+//! from this cluster addressed to this member; after that every frame's messages are decoded
+//! and handed to the sink as one [`TransportEvent::Messages`]. A bad hello or an undecodable
+//! frame closes the stream with an error status; messages claiming another sender are dropped.
+//!
+//! **Forwarding.** [`Transport::forward`] is a unary call (on a connection of its own, so a
+//! large snapshot on the message stream does not delay it) that carries an opaque client
+//! request to a peer's [`ForwardHandler`]. Its error tells whether the request surely did not
+//! leave this member or may have been delivered.
+
+pub mod codec;
+
+mod client;
+mod server;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use skiff_etcd_proto::skiffpb::peer_server::PeerServer;
+use skiff_raft::{Message, NodeId};
+use tokio::sync::Notify;
+
+pub use server::PeerService;
+
+/// The version of the peer protocol (hello, framing and [`codec`]) this build speaks. A hello
+/// with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Who this member is, as told to peers in the hello of every stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The cluster ID; streams from other clusters are refused.
+    pub cluster_id: u64,
+    /// This member's ID (its Raft node ID).
+    pub member_id: u64,
+    /// `--name`.
+    pub name: String,
+    /// `--advertise-client-urls`.
+    pub client_urls: Vec<String>,
+}
+
+/// What the transport tells the member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// Messages received from one peer in one frame, in the order that peer sent them.
+    Messages(Vec<Message>),
+    /// Messages to this peer were (or may have been) lost: its queue overflowed, a connection
+    /// attempt failed or its stream broke. The Raft core should probe it again.
+    Unreachable(NodeId),
+    /// A peer opened a stream to this member and introduced itself.
+    PeerInfo {
+        /// The peer's member ID.
+        id: NodeId,
+        /// Its `--name`.
+        name: String,
+        /// Its advertised client URLs.
+        client_urls: Vec<String>,
+    },
+}
+
+/// Where the transport delivers [`TransportEvent`]s. Called from transport tasks and from
+/// [`Transport::send`]; it must not block.
+pub type EventSink = Arc<dyn Fn(TransportEvent) + Send + Sync>;
+
+/// Sizes and timings of the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Messages queued per peer before new ones are dropped.
+    pub queue_len: usize,
+    /// Encoded bytes queued per peer before new messages are dropped (a single message is
+    /// always accepted into an empty queue, up to `max_frame_bytes`).
+    pub queue_bytes: usize,
+    /// Largest frame sent or accepted, in bytes; also tonic's encoding and decoding limit. A
+    /// single message larger than this cannot be sent and is dropped.
+    pub max_frame_bytes: usize,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// First reconnect delay after a failure.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// HTTP/2 initial stream window, in bytes.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 initial connection window, in bytes.
+    pub connection_window_bytes: u32,
+    /// HTTP/2 keep-alive ping interval (detects dead connections while idle).
+    pub keepalive_interval: Duration,
+    /// How long to wait for a keep-alive ping's answer before closing the connection.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            queue_len: 4096,
+            queue_bytes: 256 << 20,
+            max_frame_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            stream_window_bytes: 4 << 20,
+            connection_window_bytes: 16 << 20,
+            keepalive_interval: Duration::from_secs(5),
+            keepalive_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why [`Transport::forward`] failed. Which variant matters: a request that surely was not
+/// delivered may be retried or reported as not applied; one that may have been delivered
+/// may still take effect.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The peer is not known to this transport; nothing was sent.
+    #[error("unknown peer {0:x}")]
+    UnknownPeer(NodeId),
+    /// No connection could be made; the request surely was not delivered.
+    #[error("not delivered: {0}")]
+    NotDelivered(String),
+    /// The request was sent but no answer came (timeout, broken connection); it may have been
+    /// delivered and may take effect.
+    #[error("maybe delivered: {0}")]
+    MaybeDelivered(String),
+    /// The peer answered with an error (from its [`ForwardHandler`] or its checks).
+    #[error("refused by peer: {0}")]
+    Rejected(tonic::Status),
+}
+
+impl ForwardError {
+    /// True when the request surely did not reach the peer.
+    pub fn surely_not_delivered(&self) -> bool {
+        matches!(
+            self,
+            ForwardError::UnknownPeer(_) | ForwardError::NotDelivered(_)
+        )
+    }
+}
+
+/// The boxed future a [`ForwardHandler`] returns.
+pub type ForwardFuture = Pin<Box<dyn Future<Output = Result<Bytes, tonic::Status>> + Send>>;
+
+/// Serves requests forwarded by peers (normally: proposes a client write and waits for its
+/// result). The request and response bytes are opaque to the transport.
+pub trait ForwardHandler: Send + Sync + 'static {
+    /// Handles one forwarded request.
+    fn forward(&self, request: Bytes) -> ForwardFuture;
+}
+
+/// Builds the gRPC service that receives peer streams and forwarded requests. Serve it on the
+/// member's peer listener, e.g. with [`server_builder`] and [`incoming`].
+pub fn peer_service(
+    identity: PeerIdentity,
+    sink: EventSink,
+    forward: Arc<dyn ForwardHandler>,
+    limits: TransportLimits,
+) -> PeerServer<PeerService> {
+    let max_frame_bytes = limits.max_frame_bytes;
+    PeerServer::new(PeerService::new(identity, sink, forward, limits))
+        .max_decoding_message_size(max_frame_bytes)
+        .max_encoding_message_size(max_frame_bytes)
+}
+
+/// A tonic server builder with the transport's HTTP/2 settings (windows, keep-alive,
+/// TCP_NODELAY when tonic binds the socket itself).
+pub fn server_builder(limits: &TransportLimits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .tcp_nodelay(true)
+}
+
+/// Accepted connections of `listener` with TCP_NODELAY set, for
+/// `Server::serve_with_incoming`.
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Protobuf overhead of one message inside a batch (tag + length varint), upper bound.
+const PER_MESSAGE_OVERHEAD: usize = 11;
+
+/// A message waiting to be sent, with the bytes it adds to a frame.
+struct Queued {
+    message: Message,
+    /// Encoded length plus [`PER_MESSAGE_OVERHEAD`].
+    size: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    messages: VecDeque<Queued>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// One peer's outbound queue, shared by [`Transport::send`] and the peer's task.
+#[derive(Default)]
+struct PeerQueue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+impl PeerQueue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The lock is never held across code that can panic; recover from poison anyway.
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Appends what fits; returns how many messages were dropped.
+    fn push(&self, messages: Vec<Queued>, limits: &TransportLimits) -> usize {
+        let mut dropped = 0;
+        let mut state = self.lock();
+        if state.closed {
+            return messages.len();
+        }
+        for queued in messages {
+            let fits = state.messages.len() < limits.queue_len
+                && (state.messages.is_empty() || state.bytes + queued.size <= limits.queue_bytes);
+            if fits {
+                state.bytes += queued.size;
+                state.messages.push_back(queued);
+            } else {
+                dropped += 1;
+            }
+        }
+        drop(state);
+        self.notify.notify_one();
+        dropped
+    }
+
+    /// Waits for queued messages and takes as many as fit in `budget` bytes (at least one).
+    /// `None` once the queue is closed.
+    async fn next_batch(&self, budget: usize) -> Option<Vec<Queued>> {
+        loop {
+            {
+                let mut state = self.lock();
+                if state.closed {
+                    return None;
+                }
+                if !state.messages.is_empty() {
+                    let mut batch = Vec::new();
+                    let mut total = 0;
+                    while let Some(next) = state.messages.front() {
+                        if !batch.is_empty() && total + next.size > budget {
+                            break;
+                        }
+                        total += next.size;
+                        let queued = state.messages.pop_front()?;
+                        state.bytes -= queued.size;
+                        batch.push(queued);
+                    }
+                    return Some(batch);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Drops everything queued; returns how many messages that was.
+    fn clear(&self) -> usize {
+        let mut state = self.lock();
+        let dropped = state.messages.len();
+        state.messages.clear();
+        state.bytes = 0;
+        dropped
+    }
+
+    fn len(&self) -> usize {
+        self.lock().messages.len()
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.messages.clear();
+        state.bytes = 0;
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+/// What the transport keeps for one peer.
+struct PeerEntry {
+    queue: Arc<PeerQueue>,
+    forward: Arc<client::ForwardLink>,
+}
+
+struct Inner {
+    identity: Arc<PeerIdentity>,
+    sink: EventSink,
+    limits: Arc<TransportLimits>,
+    peers: Mutex<BTreeMap<NodeId, PeerEntry>>,
+}
+
+impl Inner {
+    fn peers(&self) -> MutexGuard<'_, BTreeMap<NodeId, PeerEntry>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for entry in self.peers().values() {
+            entry.queue.close();
+        }
+    }
+}
+
+/// The sending side of the peer transport: a cheap, cloneable handle. Peer tasks stop once
+/// every handle is dropped.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("identity", &self.inner.identity)
+            .field("peers", &self.inner.peers().keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Transport {
+    /// Starts a transport for `identity` with one stream task per peer (`peers` maps member
+    /// IDs to peer URLs such as `http://127.0.0.1:2380`; this member's own ID is ignored).
+    /// Must be called inside a Tokio runtime.
+    pub fn start(
+        identity: PeerIdentity,
+        peers: BTreeMap<NodeId, Vec<String>>,
+        sink: EventSink,
+        limits: TransportLimits,
+    ) -> Transport {
+        let transport = Transport {
+            inner: Arc::new(Inner {
+                identity: Arc::new(identity),
+                sink,
+                limits: Arc::new(limits),
+                peers: Mutex::new(BTreeMap::new()),
+            }),
+        };
+        for (id, urls) in peers {
+            transport.add_peer(id, urls);
+        }
+        transport
+    }
+
+    /// This member's identity.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.inner.identity
+    }
+
+    /// Adds a peer (or replaces its URLs, restarting its stream). Must be called inside a
+    /// Tokio runtime. Adding this member itself does nothing.
+    pub fn add_peer(&self, id: NodeId, urls: Vec<String>) {
+        if id == self.inner.identity.member_id {
+            return;
+        }
+        let queue = Arc::new(PeerQueue::default());
+        let link = client::PeerLink {
+            id,
+            urls: urls.clone(),
+            queue: Arc::clone(&queue),
+            identity: Arc::clone(&self.inner.identity),
+            sink: Arc::clone(&self.inner.sink),
+            limits: Arc::clone(&self.inner.limits),
+        };
+        let forward = Arc::new(client::ForwardLink::new(
+            urls,
+            Arc::clone(&self.inner.limits),
+        ));
+        let old = self.inner.peers().insert(id, PeerEntry { queue, forward });
+        if let Some(old) = old {
+            old.queue.close();
+        }
+        tokio::spawn(link.run());
+    }
+
+    /// Removes a peer: its queue is discarded and its task stops.
+    pub fn remove_peer(&self, id: NodeId) {
+        if let Some(old) = self.inner.peers().remove(&id) {
+            old.queue.close();
+        }
+    }
+
+    /// The peers this transport sends to.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.inner.peers().keys().copied().collect()
+    }
+
+    /// Messages queued for `peer` and not yet handed to its stream; `None` for an unknown peer.
+    pub fn queued(&self, peer: NodeId) -> Option<usize> {
+        self.inner.peers().get(&peer).map(|entry| entry.queue.len())
+    }
+
+    /// Queues `messages` for their recipients (`Message::to`) without waiting. A message that
+    /// does not fit in its peer's queue is dropped and the peer is reported
+    /// [`TransportEvent::Unreachable`] (once per call); a message to an unknown peer is dropped.
+    pub fn send(&self, messages: Vec<Message>) {
+        let mut by_peer: BTreeMap<NodeId, Vec<Queued>> = BTreeMap::new();
+        for message in messages {
+            let size = codec::encoded_len(&message) + PER_MESSAGE_OVERHEAD;
+            by_peer
+                .entry(message.to)
+                .or_default()
+                .push(Queued { message, size });
+        }
+        let mut unreachable = Vec::new();
+        {
+            let peers = self.inner.peers();
+            for (id, batch) in by_peer {
+                match peers.get(&id) {
+                    Some(entry) => {
+                        let dropped = entry.queue.push(batch, &self.inner.limits);
+                        if dropped > 0 {
+                            tracing::debug!(peer = %format_args!("{id:x}"), dropped, "peer queue full, dropping messages");
+                            unreachable.push(id);
+                        }
+                    }
+                    None => {
+                        tracing::debug!(peer = %format_args!("{id:x}"), count = batch.len(), "dropping messages to unknown peer");
+                    }
+                }
+            }
+        }
+        for id in unreachable {
+            (self.inner.sink)(TransportEvent::Unreachable(id));
+        }
+    }
+
+    /// Sends `request` to peer `to`'s [`ForwardHandler`] and waits at most `timeout` for its
+    /// answer.
+    pub async fn forward(
+        &self,
+        to: NodeId,
+        request: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, ForwardError> {
+        let link = self
+            .inner
+            .peers()
+            .get(&to)
+            .map(|entry| Arc::clone(&entry.forward))
+            .ok_or(ForwardError::UnknownPeer(to))?;
+        link.forward(&self.inner.identity, to, request, timeout)
+            .await
+    }
+}

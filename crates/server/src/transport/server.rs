@@ -1,0 +1,175 @@
+//! The receiving side: the `skiffpb.Peer` service implementation.
+
+use std::sync::Arc;
+
+use skiff_etcd_proto::skiffpb::peer_server::Peer;
+use skiff_etcd_proto::skiffpb::{
+    peer_frame, ForwardRequest, ForwardResponse, Hello, PeerFrame, StreamEnd,
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::PROTOCOL_VERSION;
+use super::{codec, EventSink, ForwardHandler, PeerIdentity, TransportEvent, TransportLimits};
+
+/// Receives peer streams and forwarded requests for one member. Built by
+/// [`peer_service`](super::peer_service).
+pub struct PeerService {
+    identity: Arc<PeerIdentity>,
+    sink: EventSink,
+    forward: Arc<dyn ForwardHandler>,
+    limits: TransportLimits,
+}
+
+impl std::fmt::Debug for PeerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerService")
+            .field("identity", &self.identity)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerService {
+    pub(super) fn new(
+        identity: PeerIdentity,
+        sink: EventSink,
+        forward: Arc<dyn ForwardHandler>,
+        limits: TransportLimits,
+    ) -> PeerService {
+        PeerService {
+            identity: Arc::new(identity),
+            sink,
+            forward,
+            limits,
+        }
+    }
+
+    /// Checks a hello; the error is logged and returned to the caller.
+    fn check_hello(&self, hello: &Hello, remote: &str) -> Result<(), Status> {
+        let problem = if hello.cluster_id != self.identity.cluster_id {
+            Some(format!(
+                "cluster ID mismatch: peer is in {:x}, this member in {:x}",
+                hello.cluster_id, self.identity.cluster_id
+            ))
+        } else if hello.to != self.identity.member_id {
+            Some(format!(
+                "stream meant for member {:x} reached member {:x}",
+                hello.to, self.identity.member_id
+            ))
+        } else if hello.protocol_version != PROTOCOL_VERSION {
+            Some(format!(
+                "unsupported peer protocol version {} (this member speaks {PROTOCOL_VERSION})",
+                hello.protocol_version
+            ))
+        } else if hello.from == 0 || hello.from == self.identity.member_id {
+            Some(format!("invalid sender member ID {:x}", hello.from))
+        } else {
+            None
+        };
+        match problem {
+            None => Ok(()),
+            Some(problem) => {
+                tracing::error!(remote = %remote, from = %format_args!("{:x}", hello.from), "refusing peer stream: {problem}");
+                Err(Status::failed_precondition(problem))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn stream(
+        &self,
+        request: Request<Streaming<PeerFrame>>,
+    ) -> Result<Response<StreamEnd>, Status> {
+        let remote = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |addr| addr.to_string());
+        let mut frames = request.into_inner();
+        let hello = match frames.message().await {
+            Ok(Some(PeerFrame {
+                frame: Some(peer_frame::Frame::Hello(hello)),
+            })) => hello,
+            Ok(Some(_)) => {
+                tracing::error!(remote = %remote, "peer stream did not start with a hello");
+                return Err(Status::invalid_argument("the first frame must be a hello"));
+            }
+            Ok(None) => {
+                tracing::debug!(remote = %remote, "peer stream ended before its hello");
+                return Ok(Response::new(StreamEnd {}));
+            }
+            Err(status) => {
+                tracing::debug!(remote = %remote, error = %status, "peer stream failed before its hello");
+                return Err(status);
+            }
+        };
+        self.check_hello(&hello, &remote)?;
+        let peer = hello.from;
+        tracing::debug!(remote = %remote, peer = %format_args!("{peer:x}"), name = %hello.name, "peer stream accepted");
+        (self.sink)(TransportEvent::PeerInfo {
+            id: peer,
+            name: hello.name,
+            client_urls: hello.client_urls,
+        });
+        loop {
+            let batch = match frames.message().await {
+                Ok(None) => {
+                    tracing::debug!(peer = %format_args!("{peer:x}"), "peer stream ended");
+                    return Ok(Response::new(StreamEnd {}));
+                }
+                Ok(Some(PeerFrame {
+                    frame: Some(peer_frame::Frame::Batch(batch)),
+                })) => batch,
+                Ok(Some(_)) => {
+                    tracing::error!(peer = %format_args!("{peer:x}"), "unexpected frame on peer stream, closing it");
+                    return Err(Status::invalid_argument("expected a message batch"));
+                }
+                Err(status) => {
+                    tracing::debug!(peer = %format_args!("{peer:x}"), error = %status, "peer stream broke");
+                    return Err(status);
+                }
+            };
+            let mut messages = Vec::with_capacity(batch.messages.len());
+            for raw in &batch.messages {
+                let message = match codec::decode(raw) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        tracing::error!(peer = %format_args!("{peer:x}"), error = %e, "undecodable message, closing peer stream");
+                        return Err(Status::invalid_argument(format!(
+                            "undecodable message: {e}"
+                        )));
+                    }
+                };
+                if message.from != peer {
+                    tracing::warn!(peer = %format_args!("{peer:x}"), claimed = %format_args!("{:x}", message.from), "dropping message with a forged sender");
+                } else if message.to != self.identity.member_id {
+                    tracing::warn!(peer = %format_args!("{peer:x}"), to = %format_args!("{:x}", message.to), "dropping message meant for another member");
+                } else {
+                    messages.push(message);
+                }
+            }
+            if !messages.is_empty() {
+                (self.sink)(TransportEvent::Messages(messages));
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardResponse>, Status> {
+        let request = request.into_inner();
+        if request.cluster_id != self.identity.cluster_id {
+            tracing::error!(from = %format_args!("{:x}", request.from), "refusing forwarded request from cluster {:x}", request.cluster_id);
+            return Err(Status::failed_precondition("cluster ID mismatch"));
+        }
+        if request.to != self.identity.member_id {
+            tracing::error!(from = %format_args!("{:x}", request.from), "refusing forwarded request meant for member {:x}", request.to);
+            return Err(Status::failed_precondition(
+                "request meant for another member",
+            ));
+        }
+        let response = self.forward.forward(request.request).await?;
+        Ok(Response::new(ForwardResponse { response }))
+    }
+}
