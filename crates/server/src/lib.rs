@@ -3,9 +3,11 @@
 //! applied to `skiff-kv` off the event loop; peers talk over gRPC streams; clients speak etcd's
 //! v3 gRPC API. This is the only crate that does network I/O.
 
+pub mod api;
 pub mod backend;
 pub mod config;
 pub mod ids;
 
+pub use api::{client_router, ApiLimits};
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
 pub use config::{ClusterState, InitialMember, ServerConfig};
