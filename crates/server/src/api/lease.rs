@@ -28,7 +28,10 @@ impl<B: Backend> LeaseService<B> {
 }
 
 /// Proposes a keep-alive for `id` at the leader's time; an unknown lease answers TTL 0.
-async fn keep_alive<B: Backend>(backend: &B, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+async fn keep_alive<B: Backend>(
+    backend: &B,
+    id: i64,
+) -> Result<pb::LeaseKeepAliveResponse, Status> {
     let response = backend
         .propose(Operation::LeaseKeepAlive {
             id,
@@ -90,10 +93,7 @@ impl<B: Backend> Lease for LeaseService<B> {
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = request.into_inner().id;
-        let response = self
-            .backend
-            .propose(Operation::LeaseRevoke { id })
-            .await?;
+        let response = self.backend.propose(Operation::LeaseRevoke { id }).await?;
         match response.result.map_err(ServerError::Kv)? {
             ResponseBody::LeaseRevoke => Ok(Response::new(pb::LeaseRevokeResponse {
                 header: header(&self.backend, response.revision),

@@ -12,6 +12,7 @@ mod cluster;
 pub mod convert;
 mod kv;
 mod lease;
+mod limit;
 mod maintenance;
 mod watch;
 
@@ -29,6 +30,7 @@ use crate::config::ServerConfig;
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use lease::LeaseService;
+pub use limit::{go_status, GoLimitStatus};
 pub use maintenance::{MaintenanceService, ETCD_VERSION};
 pub use watch::WatchService;
 
@@ -84,26 +86,25 @@ impl ApiLimits {
 /// `tonic::transport::Server::builder().add_routes(client_router(backend, limits))`.
 pub fn client_router<B: Backend>(backend: B, limits: ApiLimits) -> tonic::service::Routes {
     let decoding = limits.grpc_max_decoding_bytes();
-    tonic::service::Routes::new(
+    tonic::service::Routes::new(GoLimitStatus::new(
         KvServer::new(KvService::new(backend.clone(), limits.clone()))
             .max_decoding_message_size(decoding),
-    )
-    .add_service(
+    ))
+    .add_service(GoLimitStatus::new(
         WatchServer::new(WatchService::new(backend.clone(), limits.clone()))
             .max_decoding_message_size(decoding),
-    )
-    .add_service(
-        LeaseServer::new(LeaseService::new(backend.clone()))
-            .max_decoding_message_size(decoding),
-    )
-    .add_service(
+    ))
+    .add_service(GoLimitStatus::new(
+        LeaseServer::new(LeaseService::new(backend.clone())).max_decoding_message_size(decoding),
+    ))
+    .add_service(GoLimitStatus::new(
         ClusterServer::new(ClusterService::new(backend.clone()))
             .max_decoding_message_size(decoding),
-    )
-    .add_service(
+    ))
+    .add_service(GoLimitStatus::new(
         MaintenanceServer::new(MaintenanceService::new(backend, limits))
             .max_decoding_message_size(decoding),
-    )
+    ))
 }
 
 /// The response header for an answer at store revision `revision`.

@@ -119,7 +119,7 @@ impl<B: Backend> WatchStream<B> {
                         self.handle(request, known).await
                     }
                     Some(Err(status)) => {
-                        let _ = self.sender.send(Err(status)).await;
+                        let _ = self.sender.send(Err(super::go_status(status))).await;
                         Err(Closed)
                     }
                     None => {
@@ -283,12 +283,7 @@ impl<B: Backend> WatchStream<B> {
             };
             let (fetched, current) = self.backend.read(|store| {
                 (
-                    store.events_since(
-                        &watcher.key,
-                        &watcher.range_end,
-                        watcher.next_revision,
-                        0,
-                    ),
+                    store.events_since(&watcher.key, &watcher.range_end, watcher.next_revision, 0),
                     store.current_revision(),
                 )
             });
@@ -348,7 +343,11 @@ impl<B: Backend> WatchStream<B> {
     /// Sends an empty response to every watcher created with `progress_notify`, at the revision it
     /// has been brought up to (everything at or below it was delivered).
     async fn progress_notify(&mut self, known: i64) -> Result<(), Closed> {
-        if !self.watchers.values().any(|watcher| watcher.progress_notify) {
+        if !self
+            .watchers
+            .values()
+            .any(|watcher| watcher.progress_notify)
+        {
             return Ok(());
         }
         self.sync_all(known).await?;
