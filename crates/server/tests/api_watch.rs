@@ -480,8 +480,13 @@ async fn fragment_splits_large_responses() {
         })
         .await;
     let mut parts: Vec<WatchResponse> = Vec::new();
-    while parts.last().map_or(true, |part| part.fragment) {
-        parts.push(stream.next().await);
+    loop {
+        let part = stream.next().await;
+        let last = !part.fragment;
+        parts.push(part);
+        if last {
+            break;
+        }
     }
     assert!(parts.len() > 1, "large response was fragmented");
     assert_eq!(parts.iter().map(|part| part.events.len()).sum::<usize>(), 8);

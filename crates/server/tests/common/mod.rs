@@ -71,6 +71,11 @@ impl TestBackend {
         self.inner.now_ms.fetch_add(ms, Ordering::SeqCst);
     }
 
+    /// Runs `read` on the store (for checks beside the API).
+    pub fn read_store<R>(&self, read: impl FnOnce(&Store) -> R) -> R {
+        read(&self.inner.store.read().unwrap())
+    }
+
     /// The targets MoveLeader was called with.
     pub fn moved_to(&self) -> Vec<u64> {
         self.inner.moved_to.lock().unwrap().clone()
