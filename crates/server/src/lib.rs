@@ -3,6 +3,7 @@
 //! applied to `skiff-kv` off the event loop; peers talk over gRPC streams; clients speak etcd's
 //! v3 gRPC API. This is the only crate that does network I/O.
 
+pub mod api;
 pub mod backend;
 pub mod bootstrap;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod node;
 pub mod transport;
 
+pub use api::{client_router, ApiLimits};
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
 pub use config::{ClusterState, InitialMember, ServerConfig};
 pub use node::{Node, NodeHandle, NodeOptions};

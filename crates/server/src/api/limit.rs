@@ -1,0 +1,89 @@
+//! gRPC-Go's answer to an oversize message.
+//!
+//! etcd's gRPC server (grpc-go) refuses a request larger than its receive limit with
+//! `ResourceExhausted` and `grpc: received message larger than max (N vs. M)`; tonic answers
+//! `OutOfRange` with its own text. [`GoLimitStatus`] wraps a tonic service and rewrites that one
+//! status, so clients see what etcd would send.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
+
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// grpc-go's status for tonic's "message too large" status; any other status is returned as is.
+pub fn go_status(status: Status) -> Status {
+    if status.code() != Code::OutOfRange {
+        return status;
+    }
+    let Some(rest) = status.message().strip_prefix(TONIC_TOO_LARGE) else {
+        return status;
+    };
+    // rest: "{found} bytes, the limit is: {limit} bytes"
+    let numbers: Vec<&str> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .collect();
+    match numbers.as_slice() {
+        [found, limit] => Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({found} vs. {limit})"
+        )),
+        _ => Status::resource_exhausted("grpc: received message larger than max"),
+    }
+}
+
+/// A tonic service whose oversize-request answers are rewritten by [`go_status`].
+#[derive(Clone, Debug)]
+pub struct GoLimitStatus<S> {
+    inner: S,
+}
+
+impl<S> GoLimitStatus<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        GoLimitStatus { inner }
+    }
+}
+
+impl<S: NamedService> NamedService for GoLimitStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for GoLimitStatus<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            // A refused request is answered trailers-only: the status is in the headers.
+            if let Some(status) = Status::from_header_map(response.headers()) {
+                if status.code() == Code::OutOfRange {
+                    let rewritten = go_status(status);
+                    if rewritten.code() != Code::OutOfRange {
+                        let headers = response.headers_mut();
+                        headers.remove("grpc-message");
+                        headers.remove("grpc-status-details-bin");
+                        let _ = rewritten.add_header(headers);
+                    }
+                }
+            }
+            Ok(response)
+        })
+    }
+}
