@@ -253,19 +253,13 @@ async fn bench(config: BenchConfig, json: bool) -> anyhow::Result<bool> {
     Ok(report.stats.failed() == 0)
 }
 
-// ---------------------------------------------------------------------------------------------
-// INTEGRATION POINT: connect the member runtime here.
-//
-// Replace the body with `skiff_server::run(config, shutdown).await` (mapping its error into
-// anyhow) once `skiff_server::run` exists. `shutdown` resolves on SIGTERM or SIGINT; the member
-// should stop accepting requests, finish what it can, and return.
-// ---------------------------------------------------------------------------------------------
+/// Runs a member until SIGTERM/SIGINT (graceful) or until its own disk fails.
 async fn run_member(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let _ = (config, shutdown);
-    anyhow::bail!("this build cannot run a member yet (skiff_server::run is not connected)")
+    skiff_server::run(config, shutdown).await?;
+    Ok(())
 }
 
 /// Runs a member from parsed (or refused) flags.

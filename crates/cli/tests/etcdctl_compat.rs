@@ -1010,7 +1010,6 @@ fn etcdctl_script_against_etcd() {
 }
 
 #[test]
-#[ignore = "enabled when skiff serve lands"]
 fn etcdctl_script_skiff_matches_etcd() {
     if !support::etcd_available("etcdctl_script_skiff_matches_etcd") {
         return;

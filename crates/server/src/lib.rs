@@ -11,9 +11,11 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod node;
+pub mod server;
 pub mod transport;
 
 pub use api::{client_router, ApiLimits};
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
 pub use config::{ClusterState, InitialMember, ServerConfig};
 pub use node::{Node, NodeHandle, NodeOptions};
+pub use server::{run, RunError};

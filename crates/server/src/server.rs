@@ -219,8 +219,10 @@ pub async fn run(
     };
     let http_state = HttpState::with_async_health(metrics.clone(), health);
     for listener in client_listeners {
-        let routes = api::client_router(handle.clone(), ApiLimits::from_config(&config))
-            .add_routes(tonic::service::Routes::from(http::http_routes(http_state.clone())));
+        let router = api::client_router(handle.clone(), ApiLimits::from_config(&config))
+            .into_axum_router()
+            .merge(http::http_routes(http_state.clone()));
+        let routes = tonic::service::Routes::from(router);
         let server = tonic::transport::Server::builder()
             .accept_http1(true)
             .tcp_nodelay(true)

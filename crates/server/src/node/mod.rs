@@ -423,14 +423,18 @@ impl NodeHandle {
         }
     }
 
+    fn fresh_lease_id(&self) -> i64 {
+        let mut rng = self.shared.lease_ids.lock().expect("rng lock");
+        (rng.next_u64() >> 1).max(1) as i64
+    }
+
     /// The leader's part of lease operations: its clock, and an ID for a grant without one.
     fn fill_leader_fields(&self, operation: &mut Operation) {
         let now = now_ms();
         match operation {
             Operation::LeaseGrant { id, now_ms, .. } => {
                 if *id == 0 {
-                    let mut rng = self.shared.lease_ids.lock().expect("rng lock");
-                    *id = (rng.next_u64() >> 1).max(1) as i64;
+                    *id = self.fresh_lease_id();
                 }
                 *now_ms = now;
             }
@@ -463,6 +467,14 @@ impl NodeHandle {
 impl Backend for NodeHandle {
     async fn propose(&self, operation: Operation) -> Result<Response, ServerError> {
         let deadline = self.deadline();
+        let mut operation = operation;
+        if let Operation::LeaseGrant { id, .. } = &mut operation {
+            if *id == 0 {
+                // Any member may pick the ID: 63 random bits make a collision negligible (and
+                // the store refuses a duplicate with "lease already exists").
+                *id = self.fresh_lease_id();
+            }
+        }
         let command = Command::new(operation);
         {
             let store = self.shared.store.read().expect("store lock");

@@ -308,9 +308,10 @@ impl ForwardLink {
                 None => Err(ForwardError::Rejected(status)),
                 // A status made from a local transport error.
                 Some(source) => {
-                    self.invalidate().await;
                     let text = error_chain(source);
-                    if refused(source) {
+                    let not_delivered = refused(source);
+                    self.invalidate().await;
+                    if not_delivered {
                         Err(ForwardError::NotDelivered(text))
                     } else {
                         Err(ForwardError::MaybeDelivered(text))
