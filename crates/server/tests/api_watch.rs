@@ -492,3 +492,20 @@ async fn fragment_splits_large_responses() {
     assert_eq!(parts.iter().map(|part| part.events.len()).sum::<usize>(), 8);
     assert!(parts[..parts.len() - 1].iter().all(|part| part.fragment));
 }
+
+#[tokio::test]
+async fn a_stream_requiring_a_leader_is_refused_without_one() {
+    let server = TestServer::start().await;
+    server.backend.set_leader(0);
+    let (_requests, receiver) = mpsc::channel::<WatchRequest>(1);
+    let mut request = tonic::Request::new(ReceiverStream::new(receiver));
+    request
+        .metadata_mut()
+        .insert("hasleader", "true".parse().unwrap());
+    let refused = server.watch().watch(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert_eq!(refused.message(), "etcdserver: no leader");
+    // Without the metadata the stream opens (a serializable watcher is fine without a leader).
+    let mut stream = Stream::open(&server).await;
+    stream.create(watch_key("x")).await;
+}

@@ -32,6 +32,8 @@ pub const INVALID_WATCH_ID: i64 = -1;
 const DUPLICATE_WATCH_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 /// etcd's `mvcc.ErrEmptyWatcherRange` text.
 const EMPTY_WATCHER_RANGE: &str = "mvcc: watcher range is empty";
+/// The metadata key of etcd's `rpctypes.MetadataRequireLeaderKey`.
+const HAS_LEADER_KEY: &str = "hasleader";
 /// Responses queued per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 128;
 
@@ -61,6 +63,15 @@ impl<B: Backend> Watch for WatchService<B> {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // etcd's interceptor: a client that requires a leader (etcdctl and clientv3 send
+        // `hasleader: true` on watch streams) is refused while the member knows none.
+        let requires_leader = request
+            .metadata()
+            .get(HAS_LEADER_KEY)
+            .is_some_and(|value| value.as_bytes() == b"true");
+        if requires_leader && self.backend.status().leader == 0 {
+            return Err(ServerError::NoLeader.into());
+        }
         let inbound = request.into_inner();
         let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
         let stream = WatchStream {

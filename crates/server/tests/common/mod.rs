@@ -35,6 +35,7 @@ struct Inner {
     barriers: AtomicUsize,
     revisions: watch::Sender<i64>,
     moved_to: Mutex<Vec<u64>>,
+    leader: AtomicU64,
 }
 
 impl TestBackend {
@@ -52,6 +53,7 @@ impl TestBackend {
                 barriers: AtomicUsize::new(0),
                 revisions,
                 moved_to: Mutex::new(Vec::new()),
+                leader: AtomicU64::new(MEMBER_ID),
             }),
         }
     }
@@ -74,6 +76,11 @@ impl TestBackend {
     /// Runs `read` on the store (for checks beside the API).
     pub fn read_store<R>(&self, read: impl FnOnce(&Store) -> R) -> R {
         read(&self.inner.store.read().unwrap())
+    }
+
+    /// Sets the leader `Status` reports (0: none known).
+    pub fn set_leader(&self, leader: u64) {
+        self.inner.leader.store(leader, Ordering::SeqCst);
     }
 
     /// The targets MoveLeader was called with.
@@ -127,7 +134,7 @@ impl Backend for TestBackend {
         NodeStatus {
             cluster_id: CLUSTER_ID,
             member_id: MEMBER_ID,
-            leader: MEMBER_ID,
+            leader: self.inner.leader.load(Ordering::SeqCst),
             raft_term: TERM,
             raft_index: applied,
             raft_applied_index: applied,
