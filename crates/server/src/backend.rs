@@ -141,8 +141,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// target leads or the attempt failed.
     fn move_leader(&self, target: u64) -> impl Future<Output = Result<(), ServerError>> + Send;
 
-    /// Size of the store in bytes, as `Status.dbSize` reports it.
+    /// Size of the store in bytes, as `Status.dbSize` reports it: the store's estimate of its
+    /// data plus a fixed header, so that like etcd's it is never zero (clients print it and
+    /// JSON encoders drop zero fields).
     fn db_size(&self) -> i64 {
-        self.read(|store| store.approximate_size_bytes() as i64)
+        const HEADER_BYTES: i64 = 4096;
+        self.read(|store| store.approximate_size_bytes() as i64) + HEADER_BYTES
     }
 }

@@ -4,7 +4,7 @@ use skiff_etcd_proto::etcdserverpb as pb;
 use skiff_etcd_proto::etcdserverpb::cluster_server::Cluster;
 use tonic::{Request, Response, Status};
 
-use super::current_header;
+use super::header;
 use crate::backend::{Backend, MemberInfo};
 
 /// etcd's `Cluster` service over a [`Backend`].
@@ -64,9 +64,9 @@ impl<B: Backend> Cluster for ClusterService<B> {
         &self,
         _request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
-        // Served locally, as etcd 3.4 does.
+        // Served locally, as etcd 3.4 does; its header carries no revision.
         Ok(Response::new(pb::MemberListResponse {
-            header: current_header(&self.backend),
+            header: header(&self.backend, 0),
             members: self.backend.members().into_iter().map(member).collect(),
         }))
     }

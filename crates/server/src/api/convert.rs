@@ -198,13 +198,18 @@ pub fn delete_range_response(
     }
 }
 
-/// A `skiff_kv` txn answer as a protobuf one. As etcd does, every nested response carries the
-/// same header as the txn.
+/// A `skiff_kv` txn answer as a protobuf one. As etcd does, nested responses carry a header
+/// with only the revision set.
 pub fn txn_response(
     response: kv::TxnResponse,
     header: Option<pb::ResponseHeader>,
 ) -> pb::TxnResponse {
     use pb::response_op::Response;
+    let outer = header;
+    let header = outer.map(|outer| pb::ResponseHeader {
+        revision: outer.revision,
+        ..pb::ResponseHeader::default()
+    });
     let responses = response
         .responses
         .into_iter()
@@ -222,7 +227,7 @@ pub fn txn_response(
         })
         .collect();
     pb::TxnResponse {
-        header,
+        header: outer,
         succeeded: response.succeeded,
         responses,
     }

@@ -138,18 +138,13 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let revision = request.into_inner().revision;
-        let (answer, hashed_revision) = self.backend.read(|store| {
-            let hashed = if revision > 0 {
-                revision
-            } else {
-                store.current_revision()
-            };
-            (store.hash_kv(revision), hashed)
-        });
+        let (answer, current) = self
+            .backend
+            .read(|store| (store.hash_kv(revision), store.current_revision()));
         let answer = answer.map_err(ServerError::Kv)?;
-        // etcd's header revision is the revision hashed.
+        // etcd's header revision is the store's current revision, whatever was hashed.
         Ok(Response::new(pb::HashKvResponse {
-            header: header(&self.backend, hashed_revision),
+            header: header(&self.backend, current),
             hash: answer.hash,
             compact_revision: answer.compact_revision,
         }))

@@ -332,12 +332,9 @@ impl EventLoop {
         if role != Role::Leader {
             // Reads waiting on this member's leadership will be answered by the core or
             // time out; a pending transfer is over.
-            if let Some((target, reply)) = self.transfer.take() {
-                let _ = reply.send(if leader == target {
-                    Ok(())
-                } else {
-                    Err(ServerError::LeaderChanged)
-                });
+            // The transfer handed leadership away; the handle waits for the target to lead.
+            if let Some((_, reply)) = self.transfer.take() {
+                let _ = reply.send(Ok(()));
             }
         }
     }
