@@ -137,3 +137,13 @@ fn skiff_survives_faults_3_members() {
 fn skiff_survives_faults_5_members() {
     run(skiff(), 5, Duration::from_secs(30));
 }
+
+/// Validates the 5-member schedule (two members affected at once) against etcd; ignored to keep
+/// the file inside its time budget.
+#[test]
+#[ignore = "slow: validates the 5-member harness against etcd; run with --ignored"]
+fn etcd_survives_faults_5_members() {
+    if let Some(program) = etcd() {
+        run(Kind::Etcd(program), 5, Duration::from_secs(30));
+    }
+}
