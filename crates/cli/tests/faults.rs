@@ -127,13 +127,11 @@ fn etcd_survives_faults_3_members() {
 }
 
 #[test]
-#[ignore = "enabled when skiff serve lands"]
 fn skiff_survives_faults_3_members() {
     run(skiff(), 3, Duration::from_secs(25));
 }
 
 #[test]
-#[ignore = "enabled when skiff serve lands"]
 fn skiff_survives_faults_5_members() {
     run(skiff(), 5, Duration::from_secs(30));
 }
