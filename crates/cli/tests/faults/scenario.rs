@@ -348,9 +348,15 @@ pub async fn run(scenario: Scenario, namespaces: bool) -> Result<Outcomes, Strin
     }
     for (index, elapsed) in failovers.iter().enumerate() {
         if *elapsed > limit {
-            failures.push(format!(
+            let problem = format!(
                 "leader kill #{index}: a new leader took {elapsed:?} to serve a write (> {limit:?})"
-            ));
+            );
+            // The bound is Skiff's promise. etcd draws its timeout from [T, 2T) and may need a
+            // second round, so for the reference it is reported, not enforced.
+            match scenario.kind {
+                Kind::Skiff(_) => failures.push(problem),
+                Kind::Etcd(_) => println!("note (etcd, not enforced): {problem}"),
+            }
         }
     }
     let summary = format!(
