@@ -321,3 +321,82 @@ async fn a_restarted_member_recovers_its_state_from_disk_and_snapshots() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_revoked_by_the_leader_at_the_same_revision_everywhere() {
+    let cluster = TestCluster::new(3, "lease");
+    let leader = cluster.leader().await;
+    let follower = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    // Granted through a follower: the ID is picked there, the clock is the leader's.
+    let granted = cluster
+        .handle(follower)
+        .propose(Operation::LeaseGrant {
+            id: 0,
+            ttl_seconds: 2,
+            now_ms: 0,
+        })
+        .await
+        .unwrap();
+    let lease = match granted.result.unwrap() {
+        ResponseBody::LeaseGrant(grant) => grant.id,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert!(lease > 0);
+    cluster
+        .handle(leader)
+        .propose(Operation::Put(PutRequest {
+            key: Bytes::from_static(b"ephemeral"),
+            value: Bytes::from_static(b"x"),
+            lease,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .result
+        .unwrap();
+    let granted_at = Instant::now();
+    assert_eq!(
+        get_linearizable(&cluster.handle(leader), "ephemeral")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("x")
+    );
+    // Gone after the TTL (plus the leader's check interval), on every member at one revision.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let values: Vec<Option<String>> = read_everywhere(&cluster, "ephemeral").await;
+        if values.iter().all(Option::is_none) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease never expired: {values:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        granted_at.elapsed() >= Duration::from_millis(1900),
+        "expired early: {:?}",
+        granted_at.elapsed()
+    );
+    let revisions: Vec<i64> = cluster
+        .ids
+        .iter()
+        .map(|&id| cluster.handle(id).read(|store| store.current_revision()))
+        .collect();
+    assert!(
+        revisions.windows(2).all(|pair| pair[0] == pair[1]),
+        "{revisions:?}"
+    );
+    assert_eq!(
+        revisions[0], 3,
+        "one revision for the put, one for the expiry"
+    );
+}
+
+/// Linearizable reads of `key` through every member, one after the other.
+async fn read_everywhere(cluster: &TestCluster, key: &str) -> Vec<Option<String>> {
+    let mut values = Vec::new();
+    for id in cluster.ids.clone() {
+        values.push(get_linearizable(&cluster.handle(id), key).await.unwrap());
+    }
+    values
+}
