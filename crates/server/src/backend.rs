@@ -53,7 +53,8 @@ pub enum ServerError {
     /// No leader is known, and the request was **not** proposed (Unavailable).
     #[error("etcdserver: no leader")]
     NoLeader,
-    /// Leadership changed while the request was pending; it may or may not have been applied.
+    /// Leadership changed while the request was pending and its entry was replaced: it was
+    /// not applied.
     #[error("etcdserver: leader changed")]
     LeaderChanged,
     /// The request was proposed but no answer came in time; it may still be applied.
@@ -87,10 +88,13 @@ impl ServerError {
                 skiff_kv::GrpcCode::FailedPrecondition => Code::FailedPrecondition,
                 skiff_kv::GrpcCode::OutOfRange => Code::OutOfRange,
             },
-            ServerError::NoLeader
-            | ServerError::LeaderChanged
-            | ServerError::Timeout
-            | ServerError::Stopped => Code::Unavailable,
+            // Unavailable invites clients to retry elsewhere, so it is kept for requests that
+            // surely did not take effect (etcd-io/etcd#14890). A timed-out request may still
+            // be applied: etcd's message (Go clients map errors by text) with DeadlineExceeded.
+            ServerError::Timeout => Code::DeadlineExceeded,
+            ServerError::NoLeader | ServerError::LeaderChanged | ServerError::Stopped => {
+                Code::Unavailable
+            }
             ServerError::TooManyRequests => Code::ResourceExhausted,
             ServerError::BadLeaderTransferee | ServerError::NotLeader => Code::FailedPrecondition,
             ServerError::Internal(_) => Code::Internal,
