@@ -567,6 +567,46 @@ impl Cluster {
         }
     }
 
+    /// The exit status of a member that was started and has since exited by itself (crashed),
+    /// or None while it runs (or was never started or was killed through this helper).
+    pub fn exit_status(&mut self, member: usize) -> Option<std::process::ExitStatus> {
+        self.members[member]
+            .child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// SIGKILLs every running member at once (all signals sent before any is waited for);
+    /// their data directories stay.
+    pub fn kill_all(&mut self) {
+        for member in &mut self.members {
+            if let Some(child) = member.child.as_mut() {
+                let _ = child.kill();
+            }
+        }
+        for member in 0..self.members.len() {
+            self.kill(member);
+        }
+    }
+
+    /// Starts every member that is not running, with its original command line and data
+    /// directory, then waits until each is healthy (a cluster that lost all members needs a
+    /// quorum back before any one of them answers a health check).
+    pub fn start_stopped(&mut self) {
+        let stopped: Vec<usize> = (0..self.len())
+            .filter(|&member| self.members[member].child.is_none())
+            .collect();
+        for &member in &stopped {
+            self.spawn(member);
+        }
+        let deadline = Instant::now() + self.options.start_timeout;
+        for &member in &stopped {
+            if let Err(error) = self.wait_healthy(member, deadline) {
+                panic!("start: {error}");
+            }
+        }
+    }
+
     fn signal(&self, member: usize, signal: &str) {
         let pid = self
             .pid(member)
@@ -728,4 +768,75 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.directory);
         }
     }
+}
+
+/// An HTTP/1.1 answer read by [`http_get`].
+#[derive(Clone, Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked if it came with `Transfer-Encoding: chunked`.
+    pub body: String,
+}
+
+/// A plain HTTP/1.1 `GET path` (with `Connection: close`) to `url` (`http://HOST:PORT`), read
+/// to the end within `timeout`.
+pub fn http_get(url: &str, path: &str, timeout: Duration) -> Result<HttpAnswer, String> {
+    let address = url.strip_prefix("http://").unwrap_or(url);
+    let socket: std::net::SocketAddr = address
+        .parse()
+        .map_err(|error| format!("{address}: {error}"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&socket, timeout)
+        .map_err(|error| format!("connect {address}: {error}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|error| format!("write to {address}: {error}"))?;
+    let mut bytes = Vec::new();
+    stream
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("read from {address}: {error}"))?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of headers in {text:?}"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    let body = if chunked {
+        let mut rest = body;
+        let mut out = String::new();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16)
+                .map_err(|error| format!("chunk size {size:?}: {error}"))?;
+            match (after.get(..size), after.get(size..)) {
+                (Some(chunk), Some(next)) if size > 0 => {
+                    out.push_str(chunk);
+                    rest = next.trim_start_matches("\r\n");
+                }
+                _ => break,
+            }
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body,
+    })
 }
