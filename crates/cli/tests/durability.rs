@@ -192,7 +192,6 @@ fn skiff_every_sequential_put_is_fsynced() {
 }
 
 #[test]
-#[ignore = "reference run: shows the expectations are etcd 3.4's (cargo test -- --ignored)"]
 fn etcd_every_sequential_put_is_fsynced() {
     sequential_puts_are_fsynced(Kind::Etcd, "etcd_every_sequential_put_is_fsynced", false);
 }
@@ -467,7 +466,6 @@ fn skiff_acknowledged_writes_survive_kill_9_of_every_member() {
 }
 
 #[test]
-#[ignore = "reference run: shows the expectations are etcd 3.4's (cargo test -- --ignored)"]
 fn etcd_acknowledged_writes_survive_kill_9_of_every_member() {
     acknowledged_writes_survive_kill_9(
         Kind::Etcd,

@@ -101,6 +101,28 @@ impl ForwardHandler for NodeForwardHandler {
     }
 }
 
+/// A path no route serves: gRPC's "unknown service" (with grpc-go's message) for gRPC
+/// requests, a plain 404 for HTTP ones — as etcd answers on its client port.
+async fn unknown_path(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    if !grpc {
+        return (axum::http::StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    }
+    let path = request.uri().path();
+    let message = match path.trim_start_matches('/').split_once('/') {
+        Some((service, _)) if !service.is_empty() => format!("unknown service {service}"),
+        _ => format!("malformed method name: {path:?}"),
+    };
+    tonic::Status::unimplemented(message)
+        .into_http::<axum::body::Body>()
+        .into_response()
+}
+
 /// Runs a member until `shutdown` resolves (then stops gracefully: the servers stop
 /// accepting, queued log writes are synced) or the member's own disk fails.
 pub async fn run(
@@ -221,7 +243,8 @@ pub async fn run(
     for listener in client_listeners {
         let router = api::client_router(handle.clone(), ApiLimits::from_config(&config))
             .into_axum_router()
-            .merge(http::http_routes(http_state.clone()));
+            .merge(http::http_routes(http_state.clone()))
+            .fallback(unknown_path);
         let routes = tonic::service::Routes::from(router);
         let server = tonic::transport::Server::builder()
             .accept_http1(true)

@@ -37,6 +37,17 @@ pub fn go_status(status: Status) -> Status {
     }
 }
 
+/// grpc-go's message for a gRPC path no service handles: `/service/method`.
+pub fn unknown_method_message(path: &str) -> String {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    match (parts.next(), parts.next()) {
+        (Some(service), Some(method)) if !service.is_empty() => {
+            format!("unknown method {method} for service {service}")
+        }
+        _ => format!("malformed method name: {path:?}"),
+    }
+}
+
 /// A tonic service whose oversize-request answers are rewritten by [`go_status`].
 #[derive(Clone, Debug)]
 pub struct GoLimitStatus<S> {
@@ -68,11 +79,20 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let path = request.uri().path().to_string();
         let answer = self.inner.call(request);
         Box::pin(async move {
             let mut response = answer.await?;
             // A refused request is answered trailers-only: the status is in the headers.
             if let Some(status) = Status::from_header_map(response.headers()) {
+                if status.code() == Code::Unimplemented && status.message().is_empty() {
+                    // tonic's answer to an unknown method of a known service has no message;
+                    // grpc-go names the method.
+                    let headers = response.headers_mut();
+                    headers.remove("grpc-message");
+                    let _ =
+                        Status::unimplemented(unknown_method_message(&path)).add_header(headers);
+                }
                 if status.code() == Code::OutOfRange {
                     let rewritten = go_status(status);
                     if rewritten.code() != Code::OutOfRange {
