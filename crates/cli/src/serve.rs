@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// Maximum number of operations permitted in a transaction [default: 128].
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_txn_ops: Option<String>,
+    /// Most client connections served at once per client URL; more are closed at once
+    /// (Skiff's own flag) [default: 10000].
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_client_connections: Option<String>,
     /// Log level: debug, info, warn or error [default: info].
     #[arg(long, value_name = "LEVEL", allow_hyphen_values = true)]
     pub log_level: Option<String>,
@@ -115,7 +119,7 @@ pub struct ServeArgs {
 }
 
 /// The member flags, in the order [`ServeOptions::describe`] prints them.
-pub const MEMBER_FLAGS: [&str; 16] = [
+pub const MEMBER_FLAGS: [&str; 17] = [
     "name",
     "data-dir",
     "listen-client-urls",
@@ -130,6 +134,7 @@ pub const MEMBER_FLAGS: [&str; 16] = [
     "snapshot-count",
     "max-request-bytes",
     "max-txn-ops",
+    "max-client-connections",
     "log-level",
     "listen-metrics-urls",
 ];
@@ -176,7 +181,7 @@ impl ServeOptions {
             .collect::<Vec<_>>()
             .join(",");
         let mut out = String::new();
-        let lines: [(&str, String); 16] = [
+        let lines: [(&str, String); 17] = [
             ("name", c.name.clone()),
             ("data-dir", c.data_dir.display().to_string()),
             ("listen-client-urls", addrs(&c.listen_client)),
@@ -206,6 +211,10 @@ impl ServeOptions {
             ("snapshot-count", c.snapshot_count.to_string()),
             ("max-request-bytes", c.max_request_bytes.to_string()),
             ("max-txn-ops", c.max_txn_ops.to_string()),
+            (
+                "max-client-connections",
+                c.max_client_connections.to_string(),
+            ),
             ("log-level", self.log_level.as_str().to_string()),
             ("listen-metrics-urls", addrs(&c.listen_metrics)),
         ];
@@ -663,6 +672,13 @@ pub fn options_from_args(
     if let Some((text, source)) = pick("max-txn-ops", args.max_txn_ops, env)? {
         config.max_txn_ops = parse_number(&source, &text)?;
         if config.max_txn_ops == 0 {
+            return Err(source.error("must be at least 1"));
+        }
+    }
+    if let Some((text, source)) = pick("max-client-connections", args.max_client_connections, env)?
+    {
+        config.max_client_connections = parse_number(&source, &text)?;
+        if config.max_client_connections == 0 {
             return Err(source.error("must be at least 1"));
         }
     }

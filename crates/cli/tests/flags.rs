@@ -70,6 +70,7 @@ fn defaults_are_etcds() {
         ("snapshot-count", "100000"),
         ("max-request-bytes", "1572864"),
         ("max-txn-ops", "128"),
+        ("max-client-connections", "10000"),
         ("log-level", "info"),
         ("listen-metrics-urls", ""),
     ];

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// `--listen-metrics-urls`, resolved to socket addresses (default none): extra plain-HTTP
     /// listeners serving only `/metrics` and `/health` (`http::metrics_routes`).
     pub listen_metrics: Vec<SocketAddr>,
+    /// `--max-client-connections` (Skiff's own, default 10,000): client connections served at
+    /// once per client listener; beyond it new connections are closed at once.
+    pub max_client_connections: usize,
 }
 
 impl ServerConfig {
@@ -84,6 +87,7 @@ impl ServerConfig {
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             listen_metrics: Vec::new(),
+            max_client_connections: 10_000,
         }
     }
 }

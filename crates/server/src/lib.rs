@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod server;

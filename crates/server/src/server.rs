@@ -22,6 +22,7 @@ use crate::backend::Backend;
 use crate::bootstrap;
 use crate::config::ServerConfig;
 use crate::http::{self, HttpState};
+use crate::limits::limited_incoming;
 use crate::metrics::Metrics;
 use crate::node::{self, ForwardFailure, Forwarder, Node, NodeHandle, NodeOptions};
 use crate::transport::{
@@ -250,7 +251,10 @@ pub async fn run(
             .accept_http1(true)
             .tcp_nodelay(true)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(transport::incoming(listener), stopped(stop_rx.clone()));
+            .serve_with_incoming_shutdown(
+                limited_incoming(listener, config.max_client_connections),
+                stopped(stop_rx.clone()),
+            );
         servers.spawn(async move { ("client", server.await.map_err(|e| e.to_string())) });
     }
     for listener in metrics_listeners {
