@@ -109,11 +109,13 @@ fn fsync_count(cluster: &Cluster, member: usize) -> u64 {
         .unwrap_or_else(|| panic!("no {FSYNC_COUNT} in m{member}'s /metrics"))
 }
 
-/// `strict_followers`: also require N fsyncs on each follower. Skiff's followers sync every
-/// append before acknowledging it and get one append per sequential put; etcd may send a
-/// lagging follower two entries in one append and sync them once (the reference run saw 199
-/// for 200 puts), so for etcd only the most up-to-date follower is held to N.
-fn sequential_puts_are_fsynced(kind: Kind, test: &str, strict_followers: bool) {
+/// What sequential puts guarantee: put k+1 is proposed only after put k committed, and a
+/// commit needs a quorum, so the leader fsyncs once per put and the followers' fsyncs, taken
+/// together, number at least one per put (one follower sync can cover several entries only
+/// if they were all in flight at once, which sequential puts never are). A single follower
+/// may sync less often: one that lags behind can get two entries in one append (seen with
+/// etcd) or merge two appends into one group commit.
+fn sequential_puts_are_fsynced(kind: Kind, test: &str) {
     if !prerequisites(test, kind) {
         return;
     }
@@ -159,41 +161,31 @@ fn sequential_puts_are_fsynced(kind: Kind, test: &str, strict_followers: bool) {
         "{test}: {N} sequential puts to the leader m{leader} in {elapsed:?}; fsync count \
          increases per member: {increases:?}"
     );
-    let best_follower = (0..cluster.len())
+    let followers: u64 = (0..cluster.len())
         .filter(|&member| member != leader)
         .map(|member| increases[member])
-        .max()
-        .unwrap_or(0);
+        .sum();
     assert!(
-        best_follower >= N,
-        "{test}: {N} sequential acknowledged puts but at most {best_follower} fsyncs on a \
-         follower; increases {increases:?}"
+        increases[leader] >= N,
+        "{test}: {N} sequential acknowledged puts but only {} fsyncs on the leader m{leader}; \
+         counts before {before:?}, increases {increases:?}",
+        increases[leader]
     );
-    for (member, &increase) in increases.iter().enumerate() {
-        if member != leader && !strict_followers {
-            continue;
-        }
-        let role = if member == leader {
-            "leader"
-        } else {
-            "follower"
-        };
-        assert!(
-            increase >= N,
-            "{test}: {N} sequential acknowledged puts but only {increase} fsyncs on m{member} \
-             ({role}); counts before {before:?}, increases {increases:?}"
-        );
-    }
+    assert!(
+        followers >= N,
+        "{test}: {N} sequential acknowledged puts but only {followers} fsyncs on the followers \
+         together; counts before {before:?}, increases {increases:?}"
+    );
 }
 
 #[test]
 fn skiff_every_sequential_put_is_fsynced() {
-    sequential_puts_are_fsynced(Kind::Skiff, "skiff_every_sequential_put_is_fsynced", true);
+    sequential_puts_are_fsynced(Kind::Skiff, "skiff_every_sequential_put_is_fsynced");
 }
 
 #[test]
 fn etcd_every_sequential_put_is_fsynced() {
-    sequential_puts_are_fsynced(Kind::Etcd, "etcd_every_sequential_put_is_fsynced", false);
+    sequential_puts_are_fsynced(Kind::Etcd, "etcd_every_sequential_put_is_fsynced");
 }
 
 /// What a batch of puts left behind.

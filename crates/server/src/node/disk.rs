@@ -28,8 +28,16 @@ pub(crate) enum DiskTask {
     Snapshot { meta: SnapshotMeta, data: Bytes },
 }
 
+/// Most commit-only hard-state writes left unsynced in a row before one is synced anyway, so
+/// buffered bytes stay bounded when no entries arrive for a long time.
+const MAX_UNSYNCED_COMMIT_WRITES: u32 = 1024;
+
 pub(crate) struct DiskWriter {
     pub storage: FileStorage,
+    /// The hard state as of the last sync: a write that changes only `commit` needs no sync
+    /// of its own (the commit index may lag on disk; term and vote may not).
+    pub synced_hard_state: HardState,
+    pub unsynced_commit_writes: u32,
     pub tasks: Receiver<DiskTask>,
     pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
     pub outbound: Outbound,
@@ -61,6 +69,7 @@ impl DiskWriter {
 
     fn write_batch(&mut self, batch: Vec<DiskTask>) -> Result<(), StorageError> {
         let mut last_entry: Option<(u64, u64)> = None;
+        let mut last_hard_state: Option<HardState> = None;
         let mut messages = Vec::new();
         let mut wrote = false;
         let mut compacted = Vec::new();
@@ -91,7 +100,19 @@ impl DiskWriter {
                     }
                     if let Some(hard_state) = hard_state {
                         self.storage.set_hard_state(hard_state)?;
-                        wrote = true;
+                        if hard_state.term != self.synced_hard_state.term
+                            || hard_state.vote != self.synced_hard_state.vote
+                        {
+                            wrote = true;
+                        } else {
+                            // Only the commit index moved: it rides along with the next sync
+                            // (a restart may re-learn the commit index; nothing was promised).
+                            self.unsynced_commit_writes += 1;
+                            if self.unsynced_commit_writes >= MAX_UNSYNCED_COMMIT_WRITES {
+                                wrote = true;
+                            }
+                        }
+                        last_hard_state = Some(hard_state);
                     }
                     messages.extend(after_persist);
                 }
@@ -107,6 +128,10 @@ impl DiskWriter {
             let started = Instant::now();
             self.storage.sync()?;
             (self.on_fsync)(started.elapsed());
+            self.unsynced_commit_writes = 0;
+            if let Some(hard_state) = last_hard_state {
+                self.synced_hard_state = hard_state;
+            }
         }
         if let Some((index, term)) = last_entry {
             let _ = self.internal.send(Internal::Persisted { index, term });

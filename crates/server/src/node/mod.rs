@@ -206,6 +206,8 @@ impl Node {
         });
 
         let writer = disk::DiskWriter {
+            synced_hard_state: storage.hard_state(),
+            unsynced_commit_writes: 0,
             storage,
             tasks: disk_rx,
             internal: internal_tx.clone(),
