@@ -196,7 +196,13 @@ pub async fn run(
         election_ticks,
         snapshot_count: config.snapshot_count,
         kv_config,
-        storage_config: StorageConfig::default(),
+        storage_config: StorageConfig {
+            // The core keeps every entry since the last snapshot in memory and serves
+            // followers from there; the store's own cache only needs to cover reads past a
+            // compaction, so a small one keeps the member's memory down.
+            entry_cache_bytes: 4 << 20,
+            ..StorageConfig::default()
+        },
         // etcd: 5 s plus two election timeouts.
         request_timeout: Duration::from_secs(5) + 2 * config.election_timeout,
         metrics: metrics.clone(),
