@@ -13,7 +13,6 @@ mod support;
 use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use skiff_etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -43,32 +42,6 @@ const MAX_TXN_OPS: usize = 8;
 const GRPC_OVERHEAD_BYTES: u64 = 512 * 1024;
 /// etcd's `lease.MaxLeaseTTL` (seconds).
 const MAX_LEASE_TTL: i64 = 9_000_000_000;
-
-/// Whether the test can run: `etcdctl` (and etcd for an etcd run) must be installed, and the
-/// skiff binary must have `serve`.
-fn prerequisites(test: &str, kind: Kind) -> bool {
-    match kind {
-        Kind::Etcd => support::etcd_available(test),
-        Kind::Skiff => {
-            if !Path::new(support::ETCDCTL).is_file() {
-                assert!(
-                    !support::under_ci(),
-                    "{test}: {} not found under CI=true (install etcd-client)",
-                    support::ETCDCTL
-                );
-                println!(
-                    "SKIPPED: {test}: {} not found (install Debian's etcd-client)",
-                    support::ETCDCTL
-                );
-                return false;
-            }
-            if let Some(reason) = support::skiff_serve_missing() {
-                panic!("{test}: skiff serve is not available: {reason}");
-            }
-            true
-        }
-    }
-}
 
 /// A cluster with a gRPC channel to each member, and the failures found so far.
 struct Harness {
@@ -238,7 +211,7 @@ fn put_op(key: &str) -> RequestOp {
 
 /// The request-validation cases over gRPC, each sent through every member.
 fn grpc_errors(kind: Kind, test: &str) {
-    if !prerequisites(test, kind) {
+    if !support::prerequisites(test, kind) {
         return;
     }
     let mut h = Harness::start(
@@ -700,7 +673,7 @@ enum Part {
 
 /// Garbage on the wire, plain HTTP and unknown gRPC methods; see [`Part`].
 fn wire(kind: Kind, test: &str, part: Part) {
-    if !prerequisites(test, kind) {
+    if !support::prerequisites(test, kind) {
         return;
     }
     let mut h = Harness::start(kind, Options::default());

@@ -15,7 +15,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,30 +27,6 @@ use tonic::Status;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const FSYNC_COUNT: &str = "etcd_disk_wal_fsync_duration_seconds_count";
-
-fn prerequisites(test: &str, kind: Kind) -> bool {
-    match kind {
-        Kind::Etcd => support::etcd_available(test),
-        Kind::Skiff => {
-            if !Path::new(support::ETCDCTL).is_file() {
-                assert!(
-                    !support::under_ci(),
-                    "{test}: {} not found under CI=true (install etcd-client)",
-                    support::ETCDCTL
-                );
-                println!(
-                    "SKIPPED: {test}: {} not found (install Debian's etcd-client)",
-                    support::ETCDCTL
-                );
-                return false;
-            }
-            if let Some(reason) = support::skiff_serve_missing() {
-                panic!("{test}: skiff serve is not available: {reason}");
-            }
-            true
-        }
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -116,7 +91,7 @@ fn fsync_count(cluster: &Cluster, member: usize) -> u64 {
 /// may sync less often: one that lags behind can get two entries in one append (seen with
 /// etcd) or merge two appends into one group commit.
 fn sequential_puts_are_fsynced(kind: Kind, test: &str) {
-    if !prerequisites(test, kind) {
+    if !support::prerequisites(test, kind) {
         return;
     }
     const N: u64 = 200;
@@ -319,7 +294,7 @@ fn kill_all_and_check(
 }
 
 fn acknowledged_writes_survive_kill_9(kind: Kind, test: &str) {
-    if !prerequisites(test, kind) {
+    if !support::prerequisites(test, kind) {
         return;
     }
     let mut cluster = Cluster::start(kind, 3, Options::default());

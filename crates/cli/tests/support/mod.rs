@@ -59,6 +59,32 @@ pub fn under_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
+/// Whether the test can run: `etcdctl` (and etcd for an etcd run) must be installed, and the
+/// skiff binary must have `serve`.
+pub fn prerequisites(test: &str, kind: Kind) -> bool {
+    match kind {
+        Kind::Etcd => etcd_available(test),
+        Kind::Skiff => {
+            if !Path::new(ETCDCTL).is_file() {
+                assert!(
+                    !under_ci(),
+                    "{test}: {} not found under CI=true (install etcd-client)",
+                    ETCDCTL
+                );
+                println!(
+                    "SKIPPED: {test}: {} not found (install Debian's etcd-client)",
+                    ETCDCTL
+                );
+                return false;
+            }
+            if let Some(reason) = skiff_serve_missing() {
+                panic!("{test}: skiff serve is not available: {reason}");
+            }
+            true
+        }
+    }
+}
+
 /// Checks that Debian's etcd and etcdctl are installed. Without them, this fails under
 /// `CI=true`, and elsewhere prints `SKIPPED: <test>: ...` and returns false.
 pub fn etcd_available(test: &str) -> bool {
