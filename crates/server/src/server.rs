@@ -165,6 +165,9 @@ pub async fn run(
                     name,
                     client_urls,
                 } => handle.update_member(id, name, client_urls),
+                TransportEvent::SnapshotSent { peer, success, .. } => {
+                    handle.report_snapshot(peer, success)
+                }
             }
         })
     };
@@ -192,6 +195,7 @@ pub async fn run(
         cluster_id: cluster.cluster_id,
         members: cluster.members.clone(),
         wal_dir: node::wal_dir(&config.data_dir),
+        snapshot_dir: node::snapshot_dir(&config.data_dir),
         tick: config.heartbeat_interval,
         election_ticks,
         snapshot_count: config.snapshot_count,
@@ -211,6 +215,12 @@ pub async fn run(
         let transport = transport.clone();
         Arc::new(move |messages| transport.send(messages))
     };
+    let inbox = transport::SnapshotInbox::new(&options.snapshot_dir).map_err(|error| {
+        RunError::Member(format!(
+            "snapshot directory {}: {error}",
+            options.snapshot_dir.display()
+        ))
+    })?;
     let member = Node::start(options, outbound).map_err(RunError::Member)?;
     let handle = member.handle();
     let _ = handle_cell.set(handle.clone());
@@ -222,11 +232,12 @@ pub async fn run(
     };
     let mut servers = tokio::task::JoinSet::new();
     for listener in peer_listeners {
-        let service = transport::peer_service(
+        let service = transport::peer_service_with_snapshots(
             identity.clone(),
             sink.clone(),
             Arc::new(NodeForwardHandler(handle.clone())),
             limits.clone(),
+            inbox.clone(),
         );
         let server = transport::server_builder(&limits)
             .add_service(service)

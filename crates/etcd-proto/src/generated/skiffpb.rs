@@ -71,6 +71,60 @@ pub struct ForwardResponse {
     #[prost(bytes = "bytes", tag = "1")]
     pub response: ::prost::bytes::Bytes,
 }
+/// Names one snapshot transfer; the first chunk of every InstallSnapshot stream carries it.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotHeader {
+    /// The sender's cluster.
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+    /// The sending member (the leader).
+    #[prost(uint64, tag = "2")]
+    pub from: u64,
+    /// The receiving member.
+    #[prost(uint64, tag = "3")]
+    pub to: u64,
+    /// Version of the stream protocol and message codec the sender speaks.
+    #[prost(uint32, tag = "4")]
+    pub protocol_version: u32,
+    /// The Raft InstallSnapshot message (term, snapshot index, term and membership), encoded by
+    /// the message codec with empty data.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub install: ::prost::bytes::Bytes,
+    /// Size of the snapshot's data in bytes.
+    #[prost(uint64, tag = "6")]
+    pub total_bytes: u64,
+    /// CRC32C (Castagnoli) of all the data.
+    #[prost(fixed32, tag = "7")]
+    pub crc32c: u32,
+}
+/// A piece of a snapshot's data.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotChunk {
+    /// Present in the first chunk of a stream only.
+    #[prost(message, optional, tag = "1")]
+    pub header: ::core::option::Option<SnapshotHeader>,
+    /// Where `data` starts in the snapshot's data; the first chunk of a stream starts where the
+    /// receiver said it holds data up to (SnapshotStatus), every later one where the previous
+    /// one ended.
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    /// The bytes (at most the sender's chunk size, 1 MiB by default).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub data: ::prost::bytes::Bytes,
+    /// CRC32C (Castagnoli) of `data`.
+    #[prost(fixed32, tag = "4")]
+    pub crc32c: u32,
+}
+/// How much of a snapshot the receiver holds.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotAck {
+    /// Bytes received, verified and written, from the start of the data.
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    /// The whole snapshot arrived, matched its checksum and was handed to the receiver's Raft core.
+    #[prost(bool, tag = "2")]
+    pub complete: bool,
+}
 /// Generated client implementations.
 pub mod peer_client {
     #![allow(
@@ -204,6 +258,50 @@ pub mod peer_client {
             req.extensions_mut().insert(GrpcMethod::new("skiffpb.Peer", "Forward"));
             self.inner.unary(req, path, codec).await
         }
+        /// Streams (part of) a snapshot's data to the callee.
+        pub async fn install_snapshot(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::SnapshotChunk>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotAck>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/skiffpb.Peer/InstallSnapshot",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("skiffpb.Peer", "InstallSnapshot"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+        /// Asks how much of the snapshot named by the header the callee already holds.
+        pub async fn snapshot_status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SnapshotHeader>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotAck>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/skiffpb.Peer/SnapshotStatus",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("skiffpb.Peer", "SnapshotStatus"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -229,6 +327,16 @@ pub mod peer_server {
             &self,
             request: tonic::Request<super::ForwardRequest>,
         ) -> std::result::Result<tonic::Response<super::ForwardResponse>, tonic::Status>;
+        /// Streams (part of) a snapshot's data to the callee.
+        async fn install_snapshot(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::SnapshotChunk>>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotAck>, tonic::Status>;
+        /// Asks how much of the snapshot named by the header the callee already holds.
+        async fn snapshot_status(
+            &self,
+            request: tonic::Request<super::SnapshotHeader>,
+        ) -> std::result::Result<tonic::Response<super::SnapshotAck>, tonic::Status>;
     }
     /// The peer service every member serves on its peer URLs.
     #[derive(Debug)]
@@ -378,6 +486,96 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ForwardSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/skiffpb.Peer/InstallSnapshot" => {
+                    #[allow(non_camel_case_types)]
+                    struct InstallSnapshotSvc<T: Peer>(pub Arc<T>);
+                    impl<
+                        T: Peer,
+                    > tonic::server::ClientStreamingService<super::SnapshotChunk>
+                    for InstallSnapshotSvc<T> {
+                        type Response = super::SnapshotAck;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::SnapshotChunk>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::install_snapshot(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = InstallSnapshotSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/skiffpb.Peer/SnapshotStatus" => {
+                    #[allow(non_camel_case_types)]
+                    struct SnapshotStatusSvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::SnapshotHeader>
+                    for SnapshotStatusSvc<T> {
+                        type Response = super::SnapshotAck;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SnapshotHeader>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::snapshot_status(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SnapshotStatusSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

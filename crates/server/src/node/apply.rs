@@ -1,15 +1,16 @@
 //! The applier: one thread applies committed entries to the store, answers the clients
-//! waiting for them, and takes snapshots. It never touches the disk itself (snapshots are
-//! handed to the log writer), so the event loop never waits for it.
+//! waiting for them, and takes snapshots: it streams the store into a snapshot file that the
+//! log writer opened for it and then publishes, so the event loop never waits for it and the
+//! serialized store is never in memory.
 
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use skiff_kv::{Command, KvConfig, Store};
 use skiff_raft::{Entry, EntryKind, SnapshotMeta};
 
 use super::disk::DiskTask;
+use super::snapshot::ReceivedSnapshot;
 use super::{Internal, Shared};
 use crate::backend::ServerError;
 
@@ -18,7 +19,7 @@ pub(crate) enum ApplyTask {
     /// Committed entries, consecutive, following what was applied.
     Entries(Vec<Entry>),
     /// Replace the state with a snapshot received from the leader.
-    Restore(SnapshotMeta, Bytes),
+    Restore(SnapshotMeta, Arc<ReceivedSnapshot>),
 }
 
 pub(crate) struct Applier {
@@ -121,8 +122,14 @@ impl Applier {
         Ok(())
     }
 
-    fn restore(&mut self, meta: SnapshotMeta, data: Bytes) -> Result<(), String> {
-        let restored = Store::restore(&data[..], self.kv_config.clone())
+    fn restore(&mut self, meta: SnapshotMeta, data: Arc<ReceivedSnapshot>) -> Result<(), String> {
+        tracing::info!(
+            index = meta.index,
+            bytes = data.len(),
+            "restoring a received snapshot"
+        );
+        let reader = std::io::BufReader::with_capacity(256 << 10, data.reader());
+        let restored = Store::restore(reader, self.kv_config.clone())
             .map_err(|error| format!("snapshot at {} does not restore: {error}", meta.index))?;
         let revision = restored.current_revision();
         {
@@ -155,32 +162,50 @@ impl Applier {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: serialize the store and hand it to the log
-    /// writer, which publishes it and compacts the log.
+    /// Every `snapshot_count` applied entries: stream the store into a snapshot file the log
+    /// writer opened, then hand it back to be published (and the log it covers compacted).
     fn maybe_snapshot(&mut self) {
-        let (index, data) = {
-            let store = self.shared.store.read().expect("store lock");
-            let index = store.applied_index();
-            if self.snapshot_count == 0 || index < self.last_snapshot_index + self.snapshot_count {
-                return;
-            }
-            let mut data = Vec::new();
-            if let Err(error) = store.snapshot(&mut data) {
-                tracing::error!(%error, "cannot serialize a snapshot");
-                return;
-            }
-            (index, data)
-        };
+        let index = self
+            .shared
+            .store
+            .read()
+            .expect("store lock")
+            .applied_index();
+        if self.snapshot_count == 0 || index < self.last_snapshot_index + self.snapshot_count {
+            return;
+        }
         self.last_snapshot_index = index;
         let meta = SnapshotMeta {
             index,
             term: self.last_applied_term,
             membership: self.membership.clone(),
         };
-        tracing::info!(index, bytes = data.len(), "taking a snapshot");
-        let _ = self.disk.send(DiskTask::Snapshot {
-            meta,
-            data: Bytes::from(data),
-        });
+        let (reply, answer) = std::sync::mpsc::channel();
+        if self
+            .disk
+            .send(DiskTask::BeginSnapshot { meta, reply })
+            .is_err()
+        {
+            return;
+        }
+        let mut writer = match answer.recv() {
+            Ok(Ok(writer)) => writer,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot start a snapshot");
+                return;
+            }
+            Err(_) => return, // the log writer stopped
+        };
+        let started = std::time::Instant::now();
+        {
+            // Only this thread changes the store: it is still at `index`.
+            let store = self.shared.store.read().expect("store lock");
+            if let Err(error) = store.snapshot(&mut writer) {
+                tracing::error!(%error, "cannot write a snapshot");
+                return;
+            }
+        }
+        tracing::info!(index, elapsed = ?started.elapsed(), "took a snapshot");
+        let _ = self.disk.send(DiskTask::Snapshot { writer });
     }
 }

@@ -6,26 +6,35 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use skiff_raft::{Entry, HardState, Message, SnapshotMeta};
-use skiff_storage::{FileStorage, Storage, StorageError};
-use std::io::Write;
+use skiff_storage::snapshot::FileSnapshotWriter;
+use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageError};
 
+use super::snapshot::ReceivedSnapshot;
 use super::{Internal, Outbound};
+
+/// A snapshot being written by the applier straight into the log store's snapshot file.
+pub(crate) type SnapshotWriter = FileSnapshotWriter<OsFileSystem>;
 
 /// One unit of work for the log writer, handled strictly in order.
 pub(crate) enum DiskTask {
     /// The writes of one Ready, and the messages that may leave once they (and every earlier
     /// task) are durable.
     Ready {
-        snapshot: Option<(SnapshotMeta, Bytes)>,
+        snapshot: Option<(SnapshotMeta, Arc<ReceivedSnapshot>)>,
         hard_state: Option<HardState>,
         entries: Vec<Entry>,
         after_persist: Vec<Message>,
     },
-    /// A snapshot of the state machine taken by this member: publish it, then drop the log
-    /// it covers.
-    Snapshot { meta: SnapshotMeta, data: Bytes },
+    /// The applier starts a snapshot: answer with a writer into a new snapshot file (the
+    /// applier streams the state machine into it, without this thread).
+    BeginSnapshot {
+        meta: SnapshotMeta,
+        reply: std::sync::mpsc::Sender<Result<SnapshotWriter, String>>,
+    },
+    /// A snapshot of the state machine written by the applier: publish it, then drop the
+    /// log it covers.
+    Snapshot { writer: SnapshotWriter },
 }
 
 /// Most commit-only hard-state writes left unsynced in a row before one is synced anyway, so
@@ -81,7 +90,7 @@ impl DiskWriter {
                     entries,
                     after_persist,
                 } => {
-                    if let Some((meta, data)) = snapshot {
+                    if let Some((meta, received)) = snapshot {
                         // Install: drop the old log durably, publish, compact (the order the
                         // store requires for a snapshot that conflicts with the log).
                         let storage = &mut self.storage;
@@ -89,7 +98,7 @@ impl DiskWriter {
                             storage.truncate(storage.first_index())?;
                         }
                         storage.sync()?;
-                        publish(storage, &meta, &data)?;
+                        install(storage, &meta, &received)?;
                         storage.compact(meta.index)?;
                         wrote = true;
                     }
@@ -116,11 +125,29 @@ impl DiskWriter {
                     }
                     messages.extend(after_persist);
                 }
-                DiskTask::Snapshot { meta, data } => {
+                DiskTask::BeginSnapshot { meta, reply } => {
+                    match self.storage.begin_snapshot(meta) {
+                        Ok(writer) => {
+                            let _ = reply.send(Ok(writer));
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error.to_string()));
+                            return Err(error);
+                        }
+                    }
+                }
+                DiskTask::Snapshot { writer } => {
+                    let meta = writer.meta().clone();
+                    let current = self.storage.snapshot_meta().map_or(0, |held| held.index);
+                    if meta.index <= current {
+                        // A snapshot received from the leader overtook it: not needed.
+                        drop(writer);
+                        continue;
+                    }
                     // Everything it covers is applied, hence committed and durable here.
-                    publish(&mut self.storage, &meta, &data)?;
+                    self.storage.finish_snapshot(writer)?;
                     self.storage.compact(meta.index)?;
-                    compacted.push((meta, data));
+                    compacted.push(meta);
                 }
             }
         }
@@ -136,8 +163,8 @@ impl DiskWriter {
         if let Some((index, term)) = last_entry {
             let _ = self.internal.send(Internal::Persisted { index, term });
         }
-        for (meta, data) in compacted {
-            let _ = self.internal.send(Internal::Compacted { meta, data });
+        for meta in compacted {
+            let _ = self.internal.send(Internal::Compacted { meta });
         }
         if !messages.is_empty() {
             (self.outbound)(messages);
@@ -146,14 +173,14 @@ impl DiskWriter {
     }
 }
 
-fn publish(
+/// Copies a received snapshot into the store as its published snapshot, streaming.
+fn install(
     storage: &mut FileStorage,
     meta: &SnapshotMeta,
-    data: &[u8],
+    received: &ReceivedSnapshot,
 ) -> Result<(), StorageError> {
     let mut writer = storage.begin_snapshot(meta.clone())?;
-    writer
-        .write_all(data)
+    std::io::copy(&mut received.reader(), &mut writer)
         .map_err(|error| StorageError::from_io("write", "snapshot", error))?;
     storage.finish_snapshot(writer)
 }

@@ -6,17 +6,19 @@
 //! applier. Nothing here waits for the disk or the state machine.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use skiff_kv::{Command, Operation};
-use skiff_raft::{MessageBody, RaftError, RawNode, Role, SnapshotMeta};
+use skiff_raft::{MessageBody, RaftError, RawNode, Role};
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::ApplyTask;
 use super::disk::DiskTask;
+use super::snapshot::{local_token, ReceivedSnapshot};
 use super::{now_ms, Event, Internal, Outbound, Shared, Waiter};
 use crate::backend::{NodeStatus, ServerError};
 
@@ -35,8 +37,13 @@ pub(crate) struct EventLoop {
     disk: Sender<DiskTask>,
     apply: Sender<ApplyTask>,
     outbound: Outbound,
-    /// The newest snapshot this member holds, sent to followers that need it.
-    snapshot: Option<(SnapshotMeta, Bytes)>,
+    /// The log directory, where the snapshots sent to followers are published.
+    wal_dir: PathBuf,
+    /// Where snapshots received from the leader arrive.
+    snapshot_dir: PathBuf,
+    /// Received snapshots handed to the core this turn, by token (dropped, hence deleted,
+    /// unless the core installs them).
+    received: HashMap<Bytes, Arc<ReceivedSnapshot>>,
     next_read_context: u64,
     reads: HashMap<u64, oneshot::Sender<Result<u64, ServerError>>>,
     transfer: Option<(u64, oneshot::Sender<Result<(), ServerError>>)>,
@@ -56,7 +63,8 @@ impl EventLoop {
         disk: Sender<DiskTask>,
         apply: Sender<ApplyTask>,
         outbound: Outbound,
-        snapshot: Option<(SnapshotMeta, Bytes)>,
+        wal_dir: PathBuf,
+        snapshot_dir: PathBuf,
     ) -> EventLoop {
         let applied = raw.status().applied;
         EventLoop {
@@ -67,7 +75,9 @@ impl EventLoop {
             disk,
             apply,
             outbound,
-            snapshot,
+            wal_dir,
+            snapshot_dir,
+            received: HashMap::new(),
             next_read_context: 1,
             reads: HashMap::new(),
             transfer: None,
@@ -119,7 +129,9 @@ impl EventLoop {
                     None => break Ok(()),
                 },
             }
-            self.process_ready();
+            if let Err(reason) = self.process_ready() {
+                break Err(reason);
+            }
         };
         self.stop(result)
     }
@@ -142,11 +154,10 @@ impl EventLoop {
                     self.raw.on_applied(index);
                 }
             }
-            Internal::Compacted { meta, data } => {
+            Internal::Compacted { meta } => {
                 if meta.index > self.raw.status().first_index.saturating_sub(1) {
                     self.raw.compact(meta.index);
                 }
-                self.snapshot = Some((meta, data));
             }
             Internal::Fatal(reason) => return Err(reason),
         }
@@ -194,10 +205,27 @@ impl EventLoop {
         match event {
             Event::Messages(messages) => {
                 for message in messages {
+                    if let MessageBody::InstallSnapshot { meta, data } = &message.body {
+                        // Only a snapshot fully received into the snapshot directory reaches
+                        // the core; its file is opened now, so it cannot vanish later.
+                        match ReceivedSnapshot::take(&self.snapshot_dir, data) {
+                            Some(received) => {
+                                self.received.insert(data.clone(), received);
+                            }
+                            None => {
+                                tracing::warn!(
+                                    index = meta.index,
+                                    "dropping an InstallSnapshot without a received snapshot"
+                                );
+                                continue;
+                            }
+                        }
+                    }
                     self.raw.step(message);
                 }
             }
             Event::Unreachable(peer) => self.raw.report_unreachable(peer),
+            Event::SnapshotSent { peer, success } => self.raw.report_snapshot(peer, success),
             Event::Propose { data, reply } => match self.raw.propose(data) {
                 Ok((index, term)) => {
                     let mut waiters = self.shared.waiters.lock().expect("waiters lock");
@@ -247,31 +275,38 @@ impl EventLoop {
         }
     }
 
-    fn process_ready(&mut self) {
+    fn process_ready(&mut self) -> Result<(), String> {
         while self.raw.has_ready() {
             let ready = self.raw.ready();
             if let Some(soft) = ready.soft_state {
                 self.on_soft_state(soft.role, soft.leader, soft.term);
             }
-            if let Some((meta, data)) = &ready.snapshot {
-                // The applier replaces its state before it sees the entries that follow.
-                let _ = self
-                    .apply
-                    .send(ApplyTask::Restore(meta.clone(), data.clone()));
-                self.snapshot = Some((meta.clone(), data.clone()));
-            }
+            let snapshot = match ready.snapshot {
+                Some((meta, token)) => {
+                    let Some(received) = self.received.remove(&token) else {
+                        return Err(format!("snapshot {} to install is not held", meta.index));
+                    };
+                    // The applier replaces its state before it sees the entries that follow;
+                    // the log writer makes the file this member's snapshot meanwhile.
+                    let _ = self
+                        .apply
+                        .send(ApplyTask::Restore(meta.clone(), received.clone()));
+                    Some((meta, received))
+                }
+                None => None,
+            };
             let mut messages = ready.messages;
             self.attach_snapshots(&mut messages);
             if !messages.is_empty() {
                 (self.outbound)(messages);
             }
-            let needs_disk = ready.snapshot.is_some()
+            let needs_disk = snapshot.is_some()
                 || ready.hard_state.is_some()
                 || !ready.entries.is_empty()
                 || !ready.messages_after_persist.is_empty();
             if needs_disk {
                 let task = DiskTask::Ready {
-                    snapshot: ready.snapshot,
+                    snapshot,
                     hard_state: ready.hard_state,
                     entries: ready.entries,
                     after_persist: ready.messages_after_persist,
@@ -289,22 +324,19 @@ impl EventLoop {
                 }
             }
         }
+        // Received snapshots the core did not take are deleted.
+        self.received.clear();
         self.publish_status();
+        Ok(())
     }
 
-    /// The core leaves InstallSnapshot's payload to the application.
+    /// The core leaves InstallSnapshot's payload to the application: a token naming the
+    /// published snapshot file, which the transport streams (it reports a file it cannot open
+    /// as a failed transfer, e.g. when a newer snapshot replaced it meanwhile).
     fn attach_snapshots(&mut self, messages: &mut [skiff_raft::Message]) {
         for message in messages.iter_mut() {
             if let MessageBody::InstallSnapshot { meta, data } = &mut message.body {
-                match &self.snapshot {
-                    Some((held, bytes)) if held.index == meta.index && held.term == meta.term => {
-                        *data = bytes.clone();
-                    }
-                    _ => tracing::warn!(
-                        index = meta.index,
-                        "asked to send a snapshot this member does not hold"
-                    ),
-                }
+                *data = local_token(&self.wal_dir, meta);
             }
         }
     }

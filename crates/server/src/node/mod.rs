@@ -9,6 +9,10 @@
 //! - the **applier** (a thread, `apply.rs`) applies committed entries to `skiff-kv`, answers
 //!   waiting clients and takes snapshots.
 //!
+//! Snapshots are files end to end (`snapshot.rs`): taken by streaming the store into the log
+//! store's snapshot file, sent by the transport from that file, received into a file and
+//! installed from it.
+//!
 //! `NodeHandle` is the client side: it implements [`Backend`] for the etcd API layer and
 //! forwards writes to the leader when this member is not it.
 
@@ -16,6 +20,7 @@ mod apply;
 mod disk;
 mod event_loop;
 mod forward;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +51,9 @@ pub struct NodeOptions {
     pub members: Vec<MemberInfo>,
     /// Where the log and snapshots live.
     pub wal_dir: PathBuf,
+    /// Where snapshots received from the leader arrive: the directory of the peer service's
+    /// [`SnapshotInbox`](crate::transport::SnapshotInbox).
+    pub snapshot_dir: PathBuf,
     /// The Raft tick (`--heartbeat-interval`).
     pub tick: Duration,
     /// `--election-timeout` in ticks.
@@ -67,7 +75,7 @@ pub struct NodeOptions {
 pub(crate) enum Internal {
     Persisted { index: u64, term: u64 },
     Applied { index: u64 },
-    Compacted { meta: SnapshotMeta, data: Bytes },
+    Compacted { meta: SnapshotMeta },
     Fatal(String),
 }
 
@@ -75,6 +83,10 @@ pub(crate) enum Internal {
 pub(crate) enum Event {
     Messages(Vec<Message>),
     Unreachable(NodeId),
+    SnapshotSent {
+        peer: NodeId,
+        success: bool,
+    },
     Propose {
         data: Bytes,
         reply: oneshot::Sender<Result<(u64, Response), ServerError>>,
@@ -144,7 +156,7 @@ impl Node {
         let (storage, recovered) = FileStorage::open(file_system, options.storage_config.clone())
             .map_err(|error| error.to_string())?;
         let membership = Membership::new(options.members.iter().map(|member| member.id));
-        let (store, snapshot) = recover_store(&storage, &options.kv_config)?;
+        let store = recover_store(&storage, &options.kv_config)?;
         let applied = store.applied_index();
         let revision = store.current_revision();
         let applied_term = recovered.snapshot.as_ref().map_or(0, |meta| meta.term);
@@ -245,7 +257,8 @@ impl Node {
             disk_tx,
             apply_tx,
             outbound,
-            snapshot,
+            options.wal_dir.clone(),
+            options.snapshot_dir.clone(),
         );
         let loop_task = tokio::spawn(event_loop.run(options.tick));
         Ok(Node {
@@ -279,21 +292,13 @@ impl Node {
     }
 }
 
-/// Reads the newest snapshot, if any, into a store; else an empty store.
-fn recover_store(
-    storage: &FileStorage,
-    config: &KvConfig,
-) -> Result<(Store, Option<(SnapshotMeta, Bytes)>), String> {
+/// Streams the newest snapshot, if any, into a store; else an empty store.
+fn recover_store(storage: &FileStorage, config: &KvConfig) -> Result<Store, String> {
     match storage.open_snapshot().map_err(|error| error.to_string())? {
-        None => Ok((
-            Store::new(config.clone()).map_err(|error| error.to_string())?,
-            None,
-        )),
-        Some((meta, mut reader)) => {
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut reader, &mut data)
-                .map_err(|error| format!("reading snapshot {}: {error}", meta.index))?;
-            let store = Store::restore(&data[..], config.clone())
+        None => Store::new(config.clone()).map_err(|error| error.to_string()),
+        Some((meta, reader)) => {
+            let reader = std::io::BufReader::with_capacity(256 << 10, reader);
+            let store = Store::restore(reader, config.clone())
                 .map_err(|error| format!("snapshot {} does not restore: {error}", meta.index))?;
             if store.applied_index() != meta.index {
                 return Err(format!(
@@ -302,7 +307,7 @@ fn recover_store(
                     store.applied_index()
                 ));
             }
-            Ok((store, Some((meta, Bytes::from(data)))))
+            Ok(store)
         }
     }
 }
@@ -342,6 +347,15 @@ impl NodeHandle {
     /// Reports that a peer could not be reached.
     pub fn report_unreachable(&self, peer: NodeId) {
         let _ = self.shared.events.try_send(Event::Unreachable(peer));
+    }
+
+    /// Reports how a snapshot transfer to `peer` ended; a failure makes the leader probe the
+    /// peer again (and send a snapshot again if it still needs one).
+    pub fn report_snapshot(&self, peer: NodeId, success: bool) {
+        let _ = self
+            .shared
+            .events
+            .try_send(Event::SnapshotSent { peer, success });
     }
 
     /// Records what a peer told about itself (name and client URLs).
@@ -612,4 +626,9 @@ impl Backend for NodeHandle {
 /// Where a member keeps its log under its data directory.
 pub fn wal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("wal")
+}
+
+/// Where a member receives snapshots under its data directory.
+pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("snap")
 }

@@ -35,7 +35,7 @@ fn endpoint(url: &str, limits: &TransportLimits) -> Result<Endpoint, tonic::tran
 
 /// Connects to `url`, bounded by the connect timeout even if the endpoint's own timeout does
 /// not cover the HTTP/2 handshake.
-async fn connect(url: &str, limits: &TransportLimits) -> Result<Channel, String> {
+pub(super) async fn connect(url: &str, limits: &TransportLimits) -> Result<Channel, String> {
     let endpoint = endpoint(url, limits).map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
     match tokio::time::timeout(limits.connect_timeout, endpoint.connect()).await {
         Ok(Ok(channel)) => Ok(channel),

@@ -14,12 +14,21 @@
 //! and handed to the sink as one [`TransportEvent::Messages`]. A bad hello or an undecodable
 //! frame closes the stream with an error status; messages claiming another sender are dropped.
 //!
+//! **Snapshots** ([`snapshot`]) do not travel on the message stream. An InstallSnapshot
+//! message whose data is a [`SnapshotToken::Local`] is handed to a transfer task of its own
+//! (one per peer, on its own connection, so replication to every peer goes on meanwhile)
+//! that streams the file in checksummed chunks over `InstallSnapshot`, resumes after a
+//! broken stream from what the receiver holds, and reports [`TransportEvent::SnapshotSent`].
+//! The receiver assembles the file in its [`SnapshotInbox`] and then delivers the message with
+//! a [`SnapshotToken::Received`].
+//!
 //! **Forwarding.** [`Transport::forward`] is a unary call (on a connection of its own, so a
 //! large snapshot on the message stream does not delay it) that carries an opaque client
 //! request to a peer's [`ForwardHandler`]. Its error tells whether the request surely did not
 //! leave this member or may have been delivered.
 
 pub mod codec;
+pub mod snapshot;
 
 mod client;
 mod server;
@@ -36,6 +45,7 @@ use skiff_raft::{Message, NodeId};
 use tokio::sync::Notify;
 
 pub use server::PeerService;
+pub use snapshot::{SnapshotInbox, SnapshotSource, SnapshotStats, SnapshotToken};
 
 /// The version of the peer protocol (hello, framing and [`codec`]) this build speaks. A hello
 /// with another version is refused.
@@ -71,6 +81,18 @@ pub enum TransportEvent {
         /// Its advertised client URLs.
         client_urls: Vec<String>,
     },
+    /// A snapshot transfer to `peer` ended: `success` if the peer received the whole
+    /// snapshot, else it was given up (the Raft core should probe the peer again).
+    SnapshotSent {
+        /// The receiving peer.
+        peer: NodeId,
+        /// The snapshot's index.
+        index: u64,
+        /// The snapshot's term.
+        term: u64,
+        /// The peer holds the whole snapshot.
+        success: bool,
+    },
 }
 
 /// Where the transport delivers [`TransportEvent`]s. Called from transport tasks and from
@@ -102,6 +124,13 @@ pub struct TransportLimits {
     pub keepalive_interval: Duration,
     /// How long to wait for a keep-alive ping's answer before closing the connection.
     pub keepalive_timeout: Duration,
+    /// Largest snapshot chunk sent, in bytes (must stay below `max_frame_bytes`).
+    pub snapshot_chunk_bytes: usize,
+    /// Snapshot bytes sent per second to one peer (0: unlimited).
+    pub snapshot_bytes_per_sec: u64,
+    /// Consecutive failed snapshot streams that made no progress before a transfer is given
+    /// up (and reported as failed).
+    pub snapshot_attempts: usize,
 }
 
 impl Default for TransportLimits {
@@ -117,6 +146,9 @@ impl Default for TransportLimits {
             connection_window_bytes: 16 << 20,
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_bytes_per_sec: 256 << 20,
+            snapshot_attempts: 5,
         }
     }
 }
@@ -162,7 +194,8 @@ pub trait ForwardHandler: Send + Sync + 'static {
 }
 
 /// Builds the gRPC service that receives peer streams and forwarded requests. Serve it on the
-/// member's peer listener, e.g. with [`server_builder`] and [`incoming`].
+/// member's peer listener, e.g. with [`server_builder`] and [`incoming`]. It refuses
+/// snapshots: see [`peer_service_with_snapshots`].
 pub fn peer_service(
     identity: PeerIdentity,
     sink: EventSink,
@@ -170,9 +203,30 @@ pub fn peer_service(
     limits: TransportLimits,
 ) -> PeerServer<PeerService> {
     let max_frame_bytes = limits.max_frame_bytes;
-    PeerServer::new(PeerService::new(identity, sink, forward, limits))
+    PeerServer::new(PeerService::new(identity, sink, forward, limits, None))
         .max_decoding_message_size(max_frame_bytes)
         .max_encoding_message_size(max_frame_bytes)
+}
+
+/// Like [`peer_service`], and receives snapshots into `inbox`: a complete snapshot is
+/// delivered to the sink as an InstallSnapshot message carrying a [`SnapshotToken::Received`].
+pub fn peer_service_with_snapshots(
+    identity: PeerIdentity,
+    sink: EventSink,
+    forward: Arc<dyn ForwardHandler>,
+    limits: TransportLimits,
+    inbox: Arc<SnapshotInbox>,
+) -> PeerServer<PeerService> {
+    let max_frame_bytes = limits.max_frame_bytes;
+    PeerServer::new(PeerService::new(
+        identity,
+        sink,
+        forward,
+        limits,
+        Some(inbox),
+    ))
+    .max_decoding_message_size(max_frame_bytes)
+    .max_encoding_message_size(max_frame_bytes)
 }
 
 /// A tonic server builder with the transport's HTTP/2 settings (windows, keep-alive,
@@ -303,8 +357,11 @@ impl PeerQueue {
 
 /// What the transport keeps for one peer.
 struct PeerEntry {
+    urls: Vec<String>,
     queue: Arc<PeerQueue>,
     forward: Arc<client::ForwardLink>,
+    /// The snapshot transfer running to this peer: its (index, term) and task.
+    snapshot: Option<(u64, u64, tokio::task::AbortHandle)>,
 }
 
 struct Inner {
@@ -312,6 +369,10 @@ struct Inner {
     sink: EventSink,
     limits: Arc<TransportLimits>,
     peers: Mutex<BTreeMap<NodeId, PeerEntry>>,
+    snapshot_stats: Arc<SnapshotStats>,
+    /// The runtime the transport was started in ([`Transport::send`] may be called from
+    /// other threads).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Inner {
@@ -326,6 +387,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         for entry in self.peers().values() {
             entry.queue.close();
+            if let Some((_, _, task)) = &entry.snapshot {
+                task.abort();
+            }
         }
     }
 }
@@ -362,6 +426,8 @@ impl Transport {
                 sink,
                 limits: Arc::new(limits),
                 peers: Mutex::new(BTreeMap::new()),
+                snapshot_stats: Arc::new(SnapshotStats::default()),
+                runtime: tokio::runtime::Handle::current(),
             }),
         };
         for (id, urls) in peers {
@@ -391,12 +457,21 @@ impl Transport {
             limits: Arc::clone(&self.inner.limits),
         };
         let forward = Arc::new(client::ForwardLink::new(
-            urls,
+            urls.clone(),
             Arc::clone(&self.inner.limits),
         ));
-        let old = self.inner.peers().insert(id, PeerEntry { queue, forward });
+        let entry = PeerEntry {
+            urls,
+            queue,
+            forward,
+            snapshot: None,
+        };
+        let old = self.inner.peers().insert(id, entry);
         if let Some(old) = old {
             old.queue.close();
+            if let Some((_, _, task)) = old.snapshot {
+                task.abort();
+            }
         }
         tokio::spawn(link.run());
     }
@@ -405,7 +480,51 @@ impl Transport {
     pub fn remove_peer(&self, id: NodeId) {
         if let Some(old) = self.inner.peers().remove(&id) {
             old.queue.close();
+            if let Some((_, _, task)) = old.snapshot {
+                task.abort();
+            }
         }
+    }
+
+    /// Counters of the snapshots this transport sent.
+    pub fn snapshot_stats(&self) -> &SnapshotStats {
+        &self.inner.snapshot_stats
+    }
+
+    /// Starts streaming the snapshot `message` names to its recipient, unless that very
+    /// snapshot is already on its way there; a transfer of an older one is stopped.
+    fn send_snapshot(&self, message: Message) {
+        let (index, term) = match &message.body {
+            skiff_raft::MessageBody::InstallSnapshot { meta, .. } => (meta.index, meta.term),
+            _ => return,
+        };
+        let to = message.to;
+        let mut peers = self.inner.peers();
+        let Some(entry) = peers.get_mut(&to) else {
+            tracing::debug!(peer = %format_args!("{to:x}"), "dropping a snapshot to an unknown peer");
+            return;
+        };
+        if let Some((running_index, running_term, task)) = &entry.snapshot {
+            if !task.is_finished() && (*running_index, *running_term) == (index, term) {
+                return;
+            }
+            task.abort();
+        }
+        let outgoing = snapshot::Outgoing {
+            identity: Arc::clone(&self.inner.identity),
+            to,
+            urls: entry.urls.clone(),
+            limits: Arc::clone(&self.inner.limits),
+            sink: Arc::clone(&self.inner.sink),
+            stats: Arc::clone(&self.inner.snapshot_stats),
+        };
+        tracing::info!(peer = %format_args!("{to:x}"), index, term, "sending a snapshot");
+        let task = self
+            .inner
+            .runtime
+            .spawn(outgoing.run(message))
+            .abort_handle();
+        entry.snapshot = Some((index, term, task));
     }
 
     /// The peers this transport sends to.
@@ -421,9 +540,16 @@ impl Transport {
     /// Queues `messages` for their recipients (`Message::to`) without waiting. A message that
     /// does not fit in its peer's queue is dropped and the peer is reported
     /// [`TransportEvent::Unreachable`] (once per call); a message to an unknown peer is dropped.
+    ///
+    /// An InstallSnapshot carrying a [`SnapshotToken::Local`] starts a snapshot transfer
+    /// instead (see [`snapshot`]).
     pub fn send(&self, messages: Vec<Message>) {
         let mut by_peer: BTreeMap<NodeId, Vec<Queued>> = BTreeMap::new();
         for message in messages {
+            if snapshot::is_local_snapshot(&message) {
+                self.send_snapshot(message);
+                continue;
+            }
             let size = codec::encoded_len(&message) + PER_MESSAGE_OVERHEAD;
             by_peer
                 .entry(message.to)

@@ -4,12 +4,15 @@ use std::sync::Arc;
 
 use skiff_etcd_proto::skiffpb::peer_server::Peer;
 use skiff_etcd_proto::skiffpb::{
-    peer_frame, ForwardRequest, ForwardResponse, Hello, PeerFrame, StreamEnd,
+    peer_frame, ForwardRequest, ForwardResponse, Hello, PeerFrame, SnapshotAck, SnapshotChunk,
+    SnapshotHeader, StreamEnd,
 };
 use tonic::{Request, Response, Status, Streaming};
 
 use super::PROTOCOL_VERSION;
-use super::{codec, EventSink, ForwardHandler, PeerIdentity, TransportEvent, TransportLimits};
+use super::{
+    codec, EventSink, ForwardHandler, PeerIdentity, SnapshotInbox, TransportEvent, TransportLimits,
+};
 
 /// Receives peer streams and forwarded requests for one member. Built by
 /// [`peer_service`](super::peer_service).
@@ -18,6 +21,7 @@ pub struct PeerService {
     sink: EventSink,
     forward: Arc<dyn ForwardHandler>,
     limits: TransportLimits,
+    inbox: Option<Arc<SnapshotInbox>>,
 }
 
 impl std::fmt::Debug for PeerService {
@@ -35,13 +39,21 @@ impl PeerService {
         sink: EventSink,
         forward: Arc<dyn ForwardHandler>,
         limits: TransportLimits,
+        inbox: Option<Arc<SnapshotInbox>>,
     ) -> PeerService {
         PeerService {
             identity: Arc::new(identity),
             sink,
             forward,
             limits,
+            inbox,
         }
+    }
+
+    fn inbox(&self) -> Result<&Arc<SnapshotInbox>, Status> {
+        self.inbox
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this member does not accept snapshots"))
     }
 
     /// Checks a hello; the error is logged and returned to the caller.
@@ -171,5 +183,27 @@ impl Peer for PeerService {
         }
         let response = self.forward.forward(request.request).await?;
         Ok(Response::new(ForwardResponse { response }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        let inbox = self.inbox()?;
+        let ack = inbox
+            .receive(&self.identity, &self.sink, request.into_inner())
+            .await?;
+        Ok(Response::new(ack))
+    }
+
+    async fn snapshot_status(
+        &self,
+        request: Request<SnapshotHeader>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        let inbox = self.inbox()?;
+        let ack = inbox
+            .answer_status(&self.identity, &request.into_inner())
+            .await?;
+        Ok(Response::new(ack))
     }
 }
