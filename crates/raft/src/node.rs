@@ -87,7 +87,9 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Messages to send only after this Ready's writes are durable.
     pub messages_after_persist: Vec<Message>,
-    /// Committed, locally durable entries to apply.
+    /// Committed, locally durable entries to apply. Committed membership changes come here
+    /// as [`EntryKind::ConfigChange`] entries; [`crate::decode_membership`] gives the
+    /// configuration each one put in force (it took effect in the core when appended).
     pub committed_entries: Vec<Entry>,
     /// Confirmed (or refused) linearizable reads.
     pub read_states: Vec<ReadState>,
@@ -353,9 +355,10 @@ impl RawNode {
     }
 
     /// Starts an election now, as if the election timeout had elapsed (with a pre-vote
-    /// round if configured). Ignored on the leader and on non-voters.
+    /// round if configured). Ignored on the leader and on members that may not campaign
+    /// (learners, removed members; see [`RawNode::can_campaign`]).
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader && self.membership.is_voter(self.id) {
+        if self.role != Role::Leader && self.can_campaign() {
             self.boot_guard = false;
             self.start_campaign(self.config.pre_vote, false);
         }
@@ -373,7 +376,7 @@ impl RawNode {
     pub fn read_index(&mut self, context: u64) -> Result<(), RaftError> {
         let result = match self.role {
             Role::Leader => self.register_read(ReadOrigin::Local { context }),
-            _ => match self.leader {
+            _ => match self.known_leader() {
                 Some(leader) => {
                     self.send(leader, MessageBody::ReadIndex { context });
                     Ok(())
@@ -411,17 +414,46 @@ impl RawNode {
     ) -> Result<(u64, u64), RaftError> {
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader {
-                leader: self.leader,
+                leader: self.known_leader(),
             });
         }
         if self.transfer_target.is_some() {
             return Err(RaftError::TransferInProgress);
         }
-        if self.membership_pending() {
+        if self.membership_pending() || self.log.term(self.log.committed()) != Some(self.term) {
+            // Until an entry of this term commits, the log may hold a configuration entry
+            // of an earlier leader that is not known committed: changing the configuration
+            // on top of it could let two disjoint majorities decide (the single-server
+            // change bug, raft-dev 2015). The new leader's no-op clears this quickly.
             return Err(RaftError::MembershipChangePending);
         }
         let next = plan_change(&self.membership, change)?;
         self.propose_entry(EntryKind::ConfigChange, encode_membership(&next))
+    }
+
+    /// True if this member may start elections: it votes in the configuration in force,
+    /// or in the last one known committed while a newer one is not (Raft thesis §4.2.2: a
+    /// member removed by an uncommitted entry may still be needed to commit it, e.g. a
+    /// leader that removed itself and lost leadership before the commit). Its own vote
+    /// counts only where the configuration in force makes it a voter. Learners never
+    /// campaign, and a member that knows its removal is committed never again.
+    pub fn can_campaign(&self) -> bool {
+        self.membership.is_voter(self.id)
+            || (self.membership_pending()
+                && self
+                    .membership_at(self.log.committed())
+                    .is_some_and(|committed| committed.is_voter(self.id)))
+    }
+
+    /// The leader to direct requests to. None on a member outside its own committed
+    /// configuration (removed, or a spare not added yet): nobody replicates to it, so
+    /// whatever leader it remembers may be long gone, and reads through it would wait for
+    /// entries it will never receive.
+    fn known_leader(&self) -> Option<NodeId> {
+        if !self.membership.contains(self.id) && !self.membership_pending() {
+            return None;
+        }
+        self.leader
     }
 
     /// True if the log holds a configuration entry that is not committed yet.
@@ -440,7 +472,7 @@ impl RawNode {
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), RaftError> {
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader {
-                leader: self.leader,
+                leader: self.known_leader(),
             });
         }
         if target == self.id {
@@ -763,6 +795,8 @@ impl RawNode {
             data: Bytes::new(),
         }]);
         self.broadcast_needed = true;
+        // A joint configuration known committed is left at once.
+        self.after_leader_commit();
         // A single-member cluster commits as soon as its own write is durable.
         self.maybe_commit();
     }
@@ -825,9 +859,7 @@ impl RawNode {
         if self.election_elapsed >= self.config.election_ticks {
             self.boot_guard = false;
         }
-        if self.election_elapsed >= self.randomized_election_ticks
-            && self.membership.is_voter(self.id)
-        {
+        if self.election_elapsed >= self.randomized_election_ticks && self.can_campaign() {
             self.election_elapsed = 0;
             self.start_campaign(self.config.pre_vote, false);
         }
@@ -883,6 +915,21 @@ impl RawNode {
     }
 
     fn step_message(&mut self, message: Message) {
+        if message.term > self.term
+            && !self.membership.contains(message.from)
+            && !matches!(
+                message.body,
+                MessageBody::RequestVote { .. }
+                    | MessageBody::AppendEntries { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::InstallSnapshot { .. }
+            )
+        {
+            // An answer (or a request to a leader) from outside the configuration with a
+            // higher term: a removed member that does not know it. Its term must not depose
+            // anyone; dropping the message is as safe as losing it.
+            return;
+        }
         if message.term > self.term {
             if let MessageBody::RequestVote {
                 leadership_transfer,
@@ -934,11 +981,12 @@ impl RawNode {
             match message.body {
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
-                | MessageBody::InstallSnapshot { .. }
-                    if self.config.check_quorum || self.config.pre_vote =>
-                {
+                | MessageBody::InstallSnapshot { .. } => {
                     // A stale leader: tell it our term so it steps down. Without this, a
-                    // member that rejoins with a higher term could wait forever.
+                    // member that rejoins with a higher term could wait forever — with
+                    // pre-vote or check-quorum, or (any options) when it cannot campaign:
+                    // a learner, or a member whose vote requests others refuse without
+                    // adopting its term because they no longer count it as a voter.
                     self.send(
                         message.from,
                         MessageBody::AppendEntriesResponse {
@@ -1033,10 +1081,7 @@ impl RawNode {
                 }
             }
             MessageBody::TimeoutNow => {
-                if self.role != Role::Leader
-                    && self.leader == Some(from)
-                    && self.membership.is_voter(self.id)
-                {
+                if self.role != Role::Leader && self.leader == Some(from) && self.can_campaign() {
                     self.start_campaign(false, true);
                 }
             }
@@ -1285,7 +1330,7 @@ impl RawNode {
     fn propose_entry(&mut self, kind: EntryKind, data: Bytes) -> Result<(u64, u64), RaftError> {
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader {
-                leader: self.leader,
+                leader: self.known_leader(),
             });
         }
         if self.transfer_target.is_some() {
@@ -1369,17 +1414,29 @@ impl RawNode {
         self.confirm_reads();
     }
 
+    /// Once the configuration in force is committed, the leader stops replicating to the
+    /// members it removed — as soon as each was sent a commit index covering its removal,
+    /// so that it knows it is out and stops campaigning. (A removed member that never
+    /// answers stays tracked, harmlessly, until the next leader.)
+    fn prune_removed(&mut self) {
+        if self.role != Role::Leader || self.membership_pending() {
+            return;
+        }
+        let own = self.id;
+        let removal = self.membership_index();
+        let membership = &self.membership;
+        self.progress.retain(|id, progress| {
+            *id == own || membership.contains(*id) || progress.commit_sent < removal
+        });
+    }
+
     /// After the commit index moved on the leader: leave a committed joint configuration,
     /// or step down once the configuration that removed this leader is committed.
     fn after_leader_commit(&mut self) {
         if self.role != Role::Leader || self.membership_pending() {
             return;
         }
-        // The configuration in force is committed: stop replicating to removed members.
-        let own = self.id;
-        let membership = &self.membership;
-        self.progress
-            .retain(|id, _| *id == own || membership.contains(*id));
+        self.prune_removed();
         if self.membership.is_joint() {
             let leave = Membership {
                 voters: self.membership.voters.clone(),
@@ -1599,6 +1656,7 @@ impl RawNode {
             progress.commit_sent = progress.commit_sent.max(commit);
             self.send(to, MessageBody::Heartbeat { commit, sequence });
         }
+        self.prune_removed();
     }
 
     // ----- leader: reads ---------------------------------------------------------------
@@ -1707,6 +1765,34 @@ impl RawNode {
     /// Invariants that hold after every call; cheap enough for release builds.
     fn check_invariants(&self) {
         self.log.check_invariants();
+        if let Some((first, _)) = self.config_entries.first_key_value() {
+            assert!(
+                *first > self.log.snapshot_index(),
+                "configuration entry behind the snapshot"
+            );
+        }
+        assert!(
+            self.membership_index() <= self.log.last_index(),
+            "configuration entry beyond the log"
+        );
+        assert!(
+            self.config_entries
+                .values()
+                .next_back()
+                .unwrap_or(&self.base_membership)
+                == &self.membership,
+            "configuration in force is not the last one appended"
+        );
+        if self.role == Role::Leader {
+            assert!(
+                self.membership.is_voter(self.id) || self.membership_pending(),
+                "a leader outside a committed configuration did not step down"
+            );
+            assert!(
+                !self.membership.is_joint() || self.membership_pending(),
+                "a committed joint configuration was not left"
+            );
+        }
         match self.role {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.id), "leader does not know itself");

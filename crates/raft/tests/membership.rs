@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use skiff_raft::testkit::Cluster;
 use skiff_raft::{
-    decode_membership, Config, EntryKind, Membership, MembershipStep, MessageBody, NodeId,
+    decode_membership, Config, EntryKind, Membership, MembershipStep, Message, MessageBody, NodeId,
     RaftError, Role,
 };
 
@@ -147,6 +147,8 @@ fn a_removed_follower_leaves_the_quorum_and_stops_campaigning() {
     cluster.stabilize();
     assert_eq!(commit_of(&cluster, 1), index);
     assert_eq!(cluster.node(3).membership(), &Membership::new([1, 2]));
+    // It was sent the commit covering its removal: the leader stops tracking it.
+    cluster.tick_all(1);
     assert_eq!(
         cluster
             .node(1)
@@ -172,6 +174,16 @@ fn a_removed_follower_leaves_the_quorum_and_stops_campaigning() {
     assert_eq!(cluster.node(3).status().term, 1);
     cluster.node_mut(3).campaign();
     assert_eq!(cluster.node(3).status().role, Role::Follower);
+    // Nobody replicates to it any more: it sends clients away instead of serving reads it
+    // could never catch up with, or pointing at a leader that may be long gone.
+    assert_eq!(
+        cluster.node_mut(3).read_index(1),
+        Err(RaftError::NotLeader { leader: None })
+    );
+    assert_eq!(
+        cluster.propose(3, b"x"),
+        Err(RaftError::NotLeader { leader: None })
+    );
 }
 
 #[test]
@@ -498,4 +510,84 @@ fn reads_in_a_joint_configuration_need_both_majorities() {
     // The leader cannot hold on without the old majority either (check-quorum).
     cluster.tick_all(2 * ELECTION_TICKS);
     assert_ne!(cluster.node(1).status().role, Role::Leader);
+}
+
+#[test]
+fn a_readded_member_with_a_higher_term_catches_up_without_pre_vote_or_check_quorum() {
+    // Found by the simulator (membership churn): a removed member that knows it is removed
+    // cannot campaign, so when its term is above the cluster's (it campaigned while cut
+    // off), nothing brings the cluster's term up to it. Re-added as a learner, it ignored
+    // the lower-term leader without a word and never caught up.
+    let mut cluster = cluster_with_spares(3, &[], |config| Config {
+        pre_vote: false,
+        check_quorum: false,
+        ..config
+    });
+    cluster.propose_membership(1, [Remove(3)]).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.node(3).membership(), &Membership::new([1, 2]));
+    // Member 3 learns of a higher term (a vote request it refuses).
+    cluster.send(Message {
+        from: 2,
+        to: 3,
+        term: 9,
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: 0,
+            last_log_term: 0,
+            leadership_transfer: false,
+        },
+    });
+    cluster.drop_messages(|message| message.from == 3);
+    while cluster.deliver_one() {}
+    cluster.process(3);
+    cluster.drop_messages(|message| message.from == 3);
+    assert_eq!(cluster.node(3).status().term, 9);
+    let leader = cluster.leader().unwrap();
+    let (index, _) = cluster.propose_membership(leader, [AddLearner(3)]).unwrap();
+    for _ in 0..10 * ELECTION_TICKS {
+        cluster.tick_all(1);
+    }
+    let leader = cluster.leader().expect("a leader");
+    assert!(commit_of(&cluster, leader) >= index);
+    assert_eq!(
+        commit_of(&cluster, 3),
+        commit_of(&cluster, leader),
+        "3 did not catch up"
+    );
+    assert_eq!(cluster.node(3).membership(), &with_learners(&[1, 2], &[3]));
+}
+
+#[test]
+fn a_leader_that_removed_itself_and_lost_leadership_before_the_commit_can_finish_the_change() {
+    // Found by the simulator (membership churn): {1, 2} with leader 1 removes 1; the entry
+    // reaches only 1, then 1 steps down (check-quorum: its new configuration {2} is not
+    // with it). 2 still has {1, 2} and needs 1's vote, which 1 refuses (its log is ahead),
+    // while 1 — outside its own latest configuration — did not campaign: no leader ever.
+    // Raft thesis §4.2.2: a member removed by an uncommitted entry still campaigns.
+    let mut cluster = cluster_with_spares(2, &[], |config| config);
+    cluster.cut_links.insert((1, 2));
+    let (index, _) = cluster.propose_membership(1, [Remove(1)]).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).membership(), &Membership::new([2]));
+    assert_eq!(cluster.node(2).membership(), &Membership::new([1, 2]));
+    for _ in 0..3 * ELECTION_TICKS {
+        cluster.tick_all(1);
+    }
+    assert_ne!(cluster.node(1).status().role, Role::Leader, "check-quorum");
+    assert!(
+        cluster.node(1).can_campaign(),
+        "its removal is not committed"
+    );
+    cluster.heal();
+    let leader = await_leader_among(&mut cluster, &[2]);
+    assert_eq!(leader, 2);
+    cluster.tick_all(2);
+    assert!(commit_of(&cluster, 2) >= index);
+    assert_eq!(cluster.node(2).membership(), &Membership::new([2]));
+    assert!(commit_of(&cluster, 1) >= index);
+    assert!(
+        !cluster.node(1).can_campaign(),
+        "it knows its removal is committed"
+    );
 }
