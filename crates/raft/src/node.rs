@@ -427,7 +427,10 @@ impl RawNode {
             // change bug, raft-dev 2015). The new leader's no-op clears this quickly.
             return Err(RaftError::MembershipChangePending);
         }
-        let next = plan_change(&self.membership, change)?;
+        let mut next = plan_change(&self.membership, change)?;
+        if self.config.planted_bug == PlantedBug::MembershipWithoutJoint {
+            next.voters_outgoing.clear();
+        }
         self.propose_entry(EntryKind::ConfigChange, encode_membership(&next))
     }
 

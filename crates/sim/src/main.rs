@@ -66,6 +66,7 @@ fn parse_bug(text: &str) -> Result<PlantedBug, String> {
     match text {
         "vote-by-log-length" => Ok(PlantedBug::VoteByLogLength),
         "commit-by-replica-count" => Ok(PlantedBug::CommitByReplicaCount),
+        "membership-without-joint" => Ok(PlantedBug::MembershipWithoutJoint),
         _ => Err(format!("unknown --planted-bug {text:?}")),
     }
 }
