@@ -2,8 +2,9 @@
 //! one change at a time, removing the leader, reverting a truncated configuration entry,
 //! configurations in snapshots, and removed members that must not disrupt the cluster.
 
-#[allow(unused)]
 mod common;
+
+use common::{stabilize_routed, Route};
 
 use std::collections::BTreeSet;
 
@@ -590,4 +591,41 @@ fn a_leader_that_removed_itself_and_lost_leadership_before_the_commit_can_finish
         !cluster.node(1).can_campaign(),
         "it knows its removal is committed"
     );
+}
+
+#[test]
+fn a_new_leader_leaves_a_joint_configuration_its_predecessor_could_not() {
+    let mut cluster = cluster_with_spares(3, &[4, 5], |config| config);
+    let (joint_index, _) = cluster
+        .propose_membership(1, [Remove(2), Remove(3), AddVoter(4), AddVoter(5)])
+        .unwrap();
+    // The joint entry commits, but the entry leaving it never leaves member 1.
+    stabilize_routed(&mut cluster, |message| match &message.body {
+        MessageBody::AppendEntries { entries, .. }
+            if entries.iter().any(|entry| entry.index > joint_index) =>
+        {
+            Route::Drop
+        }
+        _ => Route::Deliver,
+    });
+    assert_eq!(commit_of(&cluster, 1), joint_index);
+    assert_eq!(cluster.node(1).status().last_index, joint_index + 1);
+    assert!(cluster.node(4).membership().is_joint());
+    cluster.stop(1);
+    let leader = await_leader_among(&mut cluster, &[2, 3, 4, 5]);
+    cluster.tick_all(2);
+    let status = cluster.node(leader).status();
+    assert_eq!(status.membership, Membership::new([1, 4, 5]));
+    assert!(
+        status.commit >= status.membership_index,
+        "leave entry committed"
+    );
+    // If the new leader was a removed voter (2 or 3), it stepped down after the commit
+    // and 4 or 5 took over.
+    let leader = await_leader_among(&mut cluster, &[4, 5]);
+    let (next, _) = cluster.propose(leader, b"after").unwrap();
+    cluster.stabilize();
+    for id in [4, 5] {
+        assert_eq!(commit_of(&cluster, id), next);
+    }
 }
