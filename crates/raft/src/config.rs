@@ -28,6 +28,9 @@ pub enum PlantedBug {
     VoteByLogLength,
     /// Commit any entry replicated on a majority, whatever its term (ignores Figure 8).
     CommitByReplicaCount,
+    /// Apply membership changes of several voters directly, without a joint configuration
+    /// (two disjoint majorities can then decide).
+    MembershipWithoutJoint,
 }
 
 /// Configuration of one Raft member.

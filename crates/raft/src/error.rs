@@ -49,4 +49,14 @@ pub enum RaftError {
     /// The transfer target is this member itself.
     #[error("cannot transfer leadership to the leader itself")]
     TransferToSelf,
+    /// A membership change is still uncommitted (or the joint configuration it entered is
+    /// not left yet); one change at a time.
+    #[error("a membership change is in progress")]
+    MembershipChangePending,
+    /// The change would leave the configuration without voters.
+    #[error("the membership change would leave no voters")]
+    NoVotersLeft,
+    /// The change does not apply to the current configuration.
+    #[error("invalid membership change: {0}")]
+    InvalidMembershipChange(String),
 }

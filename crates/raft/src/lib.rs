@@ -11,6 +11,7 @@
 pub mod config;
 pub mod error;
 pub mod log;
+pub mod membership;
 pub mod message;
 pub mod node;
 pub mod progress;
@@ -21,6 +22,10 @@ pub mod types;
 
 pub use config::{Config, PlantedBug, ReadMode};
 pub use error::{ConfigError, RaftError};
+pub use membership::{
+    decode_membership, encode_membership, plan_change, MembershipChange, MembershipDecodeError,
+    MembershipStep,
+};
 pub use message::{Message, MessageBody};
 pub use node::{InitialState, RawNode, ReadState, Ready, Role, SoftState, Status};
 pub use progress::ProgressState;

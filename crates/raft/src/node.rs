@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::config::{Config, PlantedBug, ReadMode};
 use crate::error::{ConfigError, RaftError};
 use crate::log::RaftLog;
+use crate::membership::{decode_membership, encode_membership, plan_change, MembershipChange};
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{self, VoteResult};
@@ -86,7 +87,9 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Messages to send only after this Ready's writes are durable.
     pub messages_after_persist: Vec<Message>,
-    /// Committed, locally durable entries to apply.
+    /// Committed, locally durable entries to apply. Committed membership changes come here
+    /// as [`EntryKind::ConfigChange`] entries; [`crate::decode_membership`] gives the
+    /// configuration each one put in force (it took effect in the core when appended).
     pub committed_entries: Vec<Entry>,
     /// Confirmed (or refused) linearizable reads.
     pub read_states: Vec<ReadState>,
@@ -137,6 +140,11 @@ pub struct Status {
     pub first_index: u64,
     /// Leader only: each member's match index.
     pub match_indexes: BTreeMap<NodeId, u64>,
+    /// The configuration in force (the last configuration entry in the log, committed or
+    /// not, else the snapshot's).
+    pub membership: Membership,
+    /// Index of the last configuration entry in the log (0 if none after the snapshot).
+    pub membership_index: u64,
 }
 
 /// Where a confirmed read must be answered.
@@ -168,7 +176,13 @@ pub struct RawNode {
     role: Role,
     leader: Option<NodeId>,
     log: RaftLog,
+    /// The configuration in force: the last entry of `config_entries`, else `base_membership`.
     membership: Membership,
+    /// The configuration in force at the snapshot index (or at bootstrap).
+    base_membership: Membership,
+    /// Every configuration entry the log holds after the snapshot, by index. Truncating an
+    /// uncommitted one reverts to the previous one.
+    config_entries: BTreeMap<u64, Membership>,
     snapshot: Option<SnapshotMeta>,
     progress: BTreeMap<NodeId, Progress>,
     votes: BTreeMap<NodeId, bool>,
@@ -213,6 +227,17 @@ impl RawNode {
         if membership.voters.is_empty() {
             return Err(ConfigError::InitialState("no voters".into()));
         }
+        let base_membership = membership;
+        let config_entries: BTreeMap<u64, Membership> = initial
+            .entries
+            .iter()
+            .filter_map(|entry| Some((entry.index, config_of(entry)?)))
+            .collect();
+        let membership = config_entries
+            .values()
+            .next_back()
+            .unwrap_or(&base_membership)
+            .clone();
         for (offset, entry) in initial.entries.iter().enumerate() {
             if entry.index != snapshot_index + 1 + offset as u64 {
                 return Err(ConfigError::InitialState(format!(
@@ -262,6 +287,8 @@ impl RawNode {
             leader: None,
             log,
             membership,
+            base_membership,
+            config_entries,
             snapshot: initial.snapshot,
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -315,13 +342,12 @@ impl RawNode {
         self.check_invariants();
     }
 
-    /// Handles a message from another member. Messages not addressed to this member or
-    /// from a non-member are ignored.
+    /// Handles a message from another member. Messages not addressed to this member are
+    /// ignored. Messages from members outside this member's configuration are handled (a
+    /// member may lag behind a configuration that added the sender, Raft thesis §4.1), but
+    /// such a sender's vote request does not raise the term unless it is granted.
     pub fn step(&mut self, message: Message) {
-        if message.to != self.id
-            || message.from == self.id
-            || !self.membership.members().contains(&message.from)
-        {
+        if message.to != self.id || message.from == self.id {
             return;
         }
         self.step_message(message);
@@ -329,9 +355,10 @@ impl RawNode {
     }
 
     /// Starts an election now, as if the election timeout had elapsed (with a pre-vote
-    /// round if configured). Ignored on the leader and on non-voters.
+    /// round if configured). Ignored on the leader and on members that may not campaign
+    /// (learners, removed members; see [`RawNode::can_campaign`]).
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader && self.membership.is_voter(self.id) {
+        if self.role != Role::Leader && self.can_campaign() {
             self.boot_guard = false;
             self.start_campaign(self.config.pre_vote, false);
         }
@@ -349,7 +376,7 @@ impl RawNode {
     pub fn read_index(&mut self, context: u64) -> Result<(), RaftError> {
         let result = match self.role {
             Role::Leader => self.register_read(ReadOrigin::Local { context }),
-            _ => match self.leader {
+            _ => match self.known_leader() {
                 Some(leader) => {
                     self.send(leader, MessageBody::ReadIndex { context });
                     Ok(())
@@ -361,19 +388,101 @@ impl RawNode {
         result
     }
 
+    /// Proposes a membership change (on the leader). The configuration it leads to is
+    /// appended as a [`EntryKind::ConfigChange`] entry and takes effect on each member as
+    /// soon as that member appends it; its `(index, term)` is returned. A single step that
+    /// changes at most one voter is a simple transition; anything else enters a joint
+    /// configuration (decisions need majorities of the old and the new voters) which the
+    /// leader leaves on its own once the joint entry commits.
+    ///
+    /// Refused without any change while another change is uncommitted or its joint
+    /// configuration is not left yet ([`RaftError::MembershipChangePending`]), when no voter
+    /// would remain ([`RaftError::NoVotersLeft`]) and when a step does not apply
+    /// ([`RaftError::InvalidMembershipChange`]).
+    pub fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+    ) -> Result<(u64, u64), RaftError> {
+        let result = self.try_propose_membership(&change);
+        self.check_invariants();
+        result
+    }
+
+    fn try_propose_membership(
+        &mut self,
+        change: &MembershipChange,
+    ) -> Result<(u64, u64), RaftError> {
+        if self.role != Role::Leader {
+            return Err(RaftError::NotLeader {
+                leader: self.known_leader(),
+            });
+        }
+        if self.transfer_target.is_some() {
+            return Err(RaftError::TransferInProgress);
+        }
+        if self.membership_pending() || self.log.term(self.log.committed()) != Some(self.term) {
+            // Until an entry of this term commits, the log may hold a configuration entry
+            // of an earlier leader that is not known committed: changing the configuration
+            // on top of it could let two disjoint majorities decide (the single-server
+            // change bug, raft-dev 2015). The new leader's no-op clears this quickly.
+            return Err(RaftError::MembershipChangePending);
+        }
+        let mut next = plan_change(&self.membership, change)?;
+        if self.config.planted_bug == PlantedBug::MembershipWithoutJoint {
+            next.voters_outgoing.clear();
+        }
+        self.propose_entry(EntryKind::ConfigChange, encode_membership(&next))
+    }
+
+    /// True if this member may start elections: it votes in the configuration in force,
+    /// or in the last one known committed while a newer one is not (Raft thesis §4.2.2: a
+    /// member removed by an uncommitted entry may still be needed to commit it, e.g. a
+    /// leader that removed itself and lost leadership before the commit). Its own vote
+    /// counts only where the configuration in force makes it a voter. Learners never
+    /// campaign, and a member that knows its removal is committed never again.
+    pub fn can_campaign(&self) -> bool {
+        self.membership.is_voter(self.id)
+            || (self.membership_pending()
+                && self
+                    .membership_at(self.log.committed())
+                    .is_some_and(|committed| committed.is_voter(self.id)))
+    }
+
+    /// The leader to direct requests to. None on a member outside its own committed
+    /// configuration (removed, or a spare not added yet): nobody replicates to it, so
+    /// whatever leader it remembers may be long gone, and reads through it would wait for
+    /// entries it will never receive.
+    fn known_leader(&self) -> Option<NodeId> {
+        if !self.membership.contains(self.id) && !self.membership_pending() {
+            return None;
+        }
+        self.leader
+    }
+
+    /// True if the log holds a configuration entry that is not committed yet.
+    fn membership_pending(&self) -> bool {
+        self.membership_index() > self.log.committed()
+    }
+
+    /// Index of the last configuration entry in the log (0 if none after the snapshot).
+    fn membership_index(&self) -> u64 {
+        self.config_entries.keys().next_back().copied().unwrap_or(0)
+    }
+
     /// Asks the leader to hand leadership to `target` (Raft thesis §3.10): the target is
     /// brought up to date, then told to campaign at once. Proposals are refused meanwhile;
     /// the transfer is abandoned after an election timeout.
     pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), RaftError> {
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader {
-                leader: self.leader,
+                leader: self.known_leader(),
             });
         }
         if target == self.id {
             return Err(RaftError::TransferToSelf);
         }
-        if !self.membership.is_voter(target) {
+        if !self.membership.voters.contains(&target) {
+            // Learners and outgoing voters of a joint configuration cannot take over.
             return Err(RaftError::NotAVoter(target));
         }
         if self.transfer_target == Some(target) {
@@ -442,11 +551,16 @@ impl RawNode {
             return;
         }
         let term = self.log.term(index).expect("compacting a held entry");
+        let membership = self
+            .membership_at(index)
+            .expect("a held entry's configuration is known");
         self.log.compact(index);
+        self.config_entries = self.config_entries.split_off(&(index + 1));
+        self.base_membership = membership.clone();
         self.snapshot = Some(SnapshotMeta {
             index,
             term,
-            membership: self.membership.clone(),
+            membership,
         });
         self.check_invariants();
     }
@@ -509,7 +623,29 @@ impl RawNode {
             persisted: self.log.persisted(),
             first_index: self.log.first_index(),
             match_indexes,
+            membership: self.membership.clone(),
+            membership_index: self.membership_index(),
         }
+    }
+
+    /// The configuration in force at `index` (what a snapshot up to `index` must carry), for
+    /// any index from the snapshot on; `None` below the snapshot.
+    pub fn membership_at(&self, index: u64) -> Option<Membership> {
+        if index < self.log.snapshot_index() {
+            return None;
+        }
+        Some(
+            self.config_entries
+                .range(..=index)
+                .next_back()
+                .map_or(&self.base_membership, |(_, membership)| membership)
+                .clone(),
+        )
+    }
+
+    /// The latest snapshot this member knows of (taken locally or installed).
+    pub fn snapshot_meta(&self) -> Option<&SnapshotMeta> {
+        self.snapshot.as_ref()
     }
 
     /// The entry at `index`, if held in memory.
@@ -631,9 +767,9 @@ impl RawNode {
         self.leader = Some(self.id);
         self.boot_guard = false;
         let last_index = self.log.last_index();
-        self.progress = self
-            .membership
-            .members()
+        let mut members = self.membership.members();
+        members.insert(self.id);
+        self.progress = members
             .into_iter()
             .map(|id| {
                 let mut progress = Progress::new(
@@ -662,6 +798,8 @@ impl RawNode {
             data: Bytes::new(),
         }]);
         self.broadcast_needed = true;
+        // A joint configuration known committed is left at once.
+        self.after_leader_commit();
         // A single-member cluster commits as soon as its own write is durable.
         self.maybe_commit();
     }
@@ -724,9 +862,7 @@ impl RawNode {
         if self.election_elapsed >= self.config.election_ticks {
             self.boot_guard = false;
         }
-        if self.election_elapsed >= self.randomized_election_ticks
-            && self.membership.is_voter(self.id)
-        {
+        if self.election_elapsed >= self.randomized_election_ticks && self.can_campaign() {
             self.election_elapsed = 0;
             self.start_campaign(self.config.pre_vote, false);
         }
@@ -782,6 +918,21 @@ impl RawNode {
     }
 
     fn step_message(&mut self, message: Message) {
+        if message.term > self.term
+            && !self.membership.contains(message.from)
+            && !matches!(
+                message.body,
+                MessageBody::RequestVote { .. }
+                    | MessageBody::AppendEntries { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::InstallSnapshot { .. }
+            )
+        {
+            // An answer (or a request to a leader) from outside the configuration with a
+            // higher term: a removed member that does not know it. Its term must not depose
+            // anyone; dropping the message is as safe as losing it.
+            return;
+        }
         if message.term > self.term {
             if let MessageBody::RequestVote {
                 leadership_transfer,
@@ -790,6 +941,29 @@ impl RawNode {
             {
                 if !leadership_transfer && self.in_lease() {
                     // Leader stickiness: a live leader exists, ignore the disruptor.
+                    return;
+                }
+            }
+            if let MessageBody::RequestVote {
+                pre_vote: false,
+                last_log_index,
+                last_log_term,
+                ..
+            } = message.body
+            {
+                if !self.membership.is_voter(message.from)
+                    && !self.log.is_up_to_date(last_log_index, last_log_term)
+                {
+                    // A member removed without learning it campaigns with an old log:
+                    // refuse without adopting its term, so it cannot depose anyone
+                    // (a refusal needs no term change; a grant would).
+                    self.send(
+                        message.from,
+                        MessageBody::RequestVoteResponse {
+                            pre_vote: false,
+                            granted: false,
+                        },
+                    );
                     return;
                 }
             }
@@ -810,11 +984,12 @@ impl RawNode {
             match message.body {
                 MessageBody::AppendEntries { .. }
                 | MessageBody::Heartbeat { .. }
-                | MessageBody::InstallSnapshot { .. }
-                    if self.config.check_quorum || self.config.pre_vote =>
-                {
+                | MessageBody::InstallSnapshot { .. } => {
                     // A stale leader: tell it our term so it steps down. Without this, a
-                    // member that rejoins with a higher term could wait forever.
+                    // member that rejoins with a higher term could wait forever — with
+                    // pre-vote or check-quorum, or (any options) when it cannot campaign:
+                    // a learner, or a member whose vote requests others refuse without
+                    // adopting its term because they no longer count it as a voter.
                     self.send(
                         message.from,
                         MessageBody::AppendEntriesResponse {
@@ -909,10 +1084,7 @@ impl RawNode {
                 }
             }
             MessageBody::TimeoutNow => {
-                if self.role != Role::Leader
-                    && self.leader == Some(from)
-                    && self.membership.is_voter(self.id)
-                {
+                if self.role != Role::Leader && self.leader == Some(from) && self.can_campaign() {
                     self.start_campaign(false, true);
                 }
             }
@@ -1010,7 +1182,25 @@ impl RawNode {
             return;
         }
         if self.log.matches(prev_log_index, prev_log_term) {
+            let configs: Vec<(u64, Membership)> = entries
+                .iter()
+                .filter_map(|entry| Some((entry.index, config_of(entry)?)))
+                .collect();
             let last_new = self.log.merge(prev_log_index, entries);
+            // Entries after `prev_log_index` may have been replaced (and, on a conflict,
+            // everything after them dropped): forget the configurations they carried,
+            // then take those of the message. A truncated uncommitted configuration
+            // entry thereby reverts to the previous configuration.
+            let last_index = self.log.last_index();
+            self.config_entries.retain(|index, _| {
+                *index <= prev_log_index || (*index > last_new && *index <= last_index)
+            });
+            self.config_entries.extend(
+                configs
+                    .into_iter()
+                    .filter(|(index, _)| *index > self.log.snapshot_index()),
+            );
+            self.refresh_membership();
             self.log.commit_to(commit.min(last_new));
             self.send_after_persist(
                 from,
@@ -1047,7 +1237,9 @@ impl RawNode {
             meta.index
         } else {
             self.log.reset_to_snapshot(meta.index, meta.term);
-            self.membership = meta.membership.clone();
+            self.base_membership = meta.membership.clone();
+            self.config_entries.clear();
+            self.refresh_membership();
             self.snapshot = Some(meta.clone());
             let index = meta.index;
             self.pending_snapshot = Some((meta, data));
@@ -1141,7 +1333,7 @@ impl RawNode {
     fn propose_entry(&mut self, kind: EntryKind, data: Bytes) -> Result<(u64, u64), RaftError> {
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader {
-                leader: self.leader,
+                leader: self.known_leader(),
             });
         }
         if self.transfer_target.is_some() {
@@ -1165,9 +1357,122 @@ impl RawNode {
             });
         }
         self.uncommitted_bytes += size;
-        self.log.append(vec![entry]);
-        self.broadcast_needed = true;
+        self.append_own(entry);
         Ok((index, self.term))
+    }
+
+    /// Appends an entry of this leader's term and puts a configuration entry in force.
+    fn append_own(&mut self, entry: Entry) {
+        let config = config_of(&entry);
+        let index = entry.index;
+        self.log.append(vec![entry]);
+        if let Some(membership) = config {
+            self.config_entries.insert(index, membership);
+            self.refresh_membership();
+        }
+        self.broadcast_needed = true;
+    }
+
+    /// Recomputes the configuration in force from the configuration entries held, and
+    /// adapts to a change: a leader starts tracking new members (removed ones keep being
+    /// replicated to until the change commits, so they learn of their removal), drops a
+    /// transfer to a member that can no longer lead, and gives up its lease (the quorum
+    /// that granted it may not be one any more).
+    fn refresh_membership(&mut self) {
+        let current = self
+            .config_entries
+            .values()
+            .next_back()
+            .unwrap_or(&self.base_membership);
+        if *current == self.membership {
+            return;
+        }
+        self.membership = current.clone();
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        for id in self.membership.members() {
+            self.progress.entry(id).or_insert_with(|| {
+                let mut progress = Progress::new(
+                    last_index,
+                    self.config.max_inflight_messages,
+                    self.config.max_inflight_bytes,
+                );
+                // Like at election: a new member gets a full check-quorum round.
+                progress.recent_active = true;
+                progress
+            });
+        }
+        if let Some(target) = self.transfer_target {
+            if !self.membership.voters.contains(&target) {
+                self.transfer_target = None;
+                self.transfer_elapsed = 0;
+            }
+        }
+        self.lease_until_ticks = 0;
+        self.broadcast_needed = true;
+        // A change of quorum can commit (or confirm) at once, e.g. removing a slow voter.
+        self.maybe_commit();
+        self.confirm_reads();
+    }
+
+    /// Once the configuration in force is committed, the leader stops replicating to the
+    /// members it removed — as soon as each was sent a commit index covering its removal,
+    /// so that it knows it is out and stops campaigning. (A removed member that never
+    /// answers stays tracked, harmlessly, until the next leader.)
+    fn prune_removed(&mut self) {
+        if self.role != Role::Leader || self.membership_pending() {
+            return;
+        }
+        let own = self.id;
+        let removal = self.membership_index();
+        let membership = &self.membership;
+        self.progress.retain(|id, progress| {
+            *id == own || membership.contains(*id) || progress.commit_sent < removal
+        });
+    }
+
+    /// After the commit index moved on the leader: leave a committed joint configuration,
+    /// or step down once the configuration that removed this leader is committed.
+    fn after_leader_commit(&mut self) {
+        if self.role != Role::Leader || self.membership_pending() {
+            return;
+        }
+        self.prune_removed();
+        if self.membership.is_joint() {
+            let leave = Membership {
+                voters: self.membership.voters.clone(),
+                voters_outgoing: Default::default(),
+                learners: self.membership.learners.clone(),
+            };
+            let entry = Entry {
+                term: self.term,
+                index: self.log.last_index() + 1,
+                kind: EntryKind::ConfigChange,
+                data: encode_membership(&leave),
+            };
+            // Not subject to the proposal limits: leaving joint must always happen.
+            self.uncommitted_bytes += entry.size_bytes();
+            self.append_own(entry);
+        } else if !self.membership.is_voter(self.id) {
+            // Removed (or no longer voting): hand over to an up-to-date voter if there is
+            // one, so the cluster does not wait for an election timeout.
+            let last_index = self.log.last_index();
+            let successor = self.membership.voters.iter().copied().find(|id| {
+                self.progress
+                    .get(id)
+                    .is_some_and(|progress| progress.match_index == last_index)
+            });
+            // Tell the members the commit before leaving.
+            self.commit_changed = true;
+            self.flush();
+            let term = self.term;
+            self.become_follower(term, None);
+            if let Some(successor) = successor {
+                self.send(successor, MessageBody::TimeoutNow);
+            }
+        }
     }
 
     fn maybe_commit(&mut self) -> bool {
@@ -1201,6 +1506,7 @@ impl RawNode {
                 self.confirm_or_queue_read(origin);
             }
         }
+        self.after_leader_commit();
         true
     }
 
@@ -1353,6 +1659,7 @@ impl RawNode {
             progress.commit_sent = progress.commit_sent.max(commit);
             self.send(to, MessageBody::Heartbeat { commit, sequence });
         }
+        self.prune_removed();
     }
 
     // ----- leader: reads ---------------------------------------------------------------
@@ -1461,6 +1768,34 @@ impl RawNode {
     /// Invariants that hold after every call; cheap enough for release builds.
     fn check_invariants(&self) {
         self.log.check_invariants();
+        if let Some((first, _)) = self.config_entries.first_key_value() {
+            assert!(
+                *first > self.log.snapshot_index(),
+                "configuration entry behind the snapshot"
+            );
+        }
+        assert!(
+            self.membership_index() <= self.log.last_index(),
+            "configuration entry beyond the log"
+        );
+        assert!(
+            self.config_entries
+                .values()
+                .next_back()
+                .unwrap_or(&self.base_membership)
+                == &self.membership,
+            "configuration in force is not the last one appended"
+        );
+        if self.role == Role::Leader {
+            assert!(
+                self.membership.is_voter(self.id) || self.membership_pending(),
+                "a leader outside a committed configuration did not step down"
+            );
+            assert!(
+                !self.membership.is_joint() || self.membership_pending(),
+                "a committed joint configuration was not left"
+            );
+        }
         match self.role {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.id), "leader does not know itself");
@@ -1487,4 +1822,13 @@ impl RawNode {
             "log term ahead of the current term"
         );
     }
+}
+
+/// The configuration a `ConfigChange` entry puts in force. An entry that does not decode
+/// (never written by this core) changes nothing, identically on every member.
+fn config_of(entry: &Entry) -> Option<Membership> {
+    if entry.kind != EntryKind::ConfigChange {
+        return None;
+    }
+    decode_membership(&entry.data).ok()
 }

@@ -11,25 +11,33 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::error::RaftError;
+use crate::membership::{MembershipChange, MembershipStep};
 use crate::message::{Message, MessageBody};
 use crate::node::{InitialState, RawNode, ReadState, Ready, Role};
-use crate::types::{Entry, EntryKind, HardState, Membership, NodeId};
+use crate::types::{Entry, EntryKind, HardState, Membership, NodeId, SnapshotMeta};
 
 /// What a member has made durable.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
     /// Last persisted hard state.
     pub hard_state: HardState,
-    /// Persisted entries from index 1.
+    /// Persisted entries after the snapshot (from index 1 without one).
     pub entries: Vec<Entry>,
+    /// The latest snapshot taken or installed (the testkit keeps no state machine data).
+    pub snapshot: Option<SnapshotMeta>,
 }
 
 impl MemoryStore {
+    fn snapshot_index(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |meta| meta.index)
+    }
+
     fn append(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else {
             return;
         };
-        self.entries.truncate((first.index - 1) as usize);
+        self.entries
+            .truncate((first.index - 1 - self.snapshot_index()) as usize);
         self.entries.extend_from_slice(entries);
     }
 }
@@ -40,7 +48,8 @@ pub struct Cluster {
     pub nodes: BTreeMap<NodeId, RawNode>,
     /// Durable state of each member.
     pub stores: BTreeMap<NodeId, MemoryStore>,
-    /// Applied application entries (no-ops excluded) of each member, in order.
+    /// Applied application entries (no-ops and configuration entries excluded) of each
+    /// member, in order.
     pub applied: BTreeMap<NodeId, Vec<Entry>>,
     /// Read states each member received.
     pub read_states: BTreeMap<NodeId, Vec<ReadState>>,
@@ -82,15 +91,45 @@ impl Cluster {
         let store = &self.stores[&id];
         let initial = InitialState {
             hard_state: store.hard_state,
-            snapshot: None,
+            snapshot: store.snapshot.clone(),
             entries: store.entries.clone(),
             membership: self.membership.clone(),
-            applied: 0,
+            applied: store.snapshot_index(),
         };
         let node = RawNode::new(self.configs[&id].clone(), initial).expect("valid config");
         self.nodes.insert(id, node);
         self.applied.insert(id, Vec::new());
         self.stopped.remove(&id);
+    }
+
+    /// Starts a spare member `id` that is not in the cluster's configuration (it learns its
+    /// configuration from the log once a leader adds it).
+    pub fn add_spare(&mut self, config: Config) {
+        let id = config.id;
+        self.configs.insert(id, config);
+        self.stores.insert(id, MemoryStore::default());
+        self.start(id);
+    }
+
+    /// Proposes a membership change made of `steps` on member `id`.
+    pub fn propose_membership(
+        &mut self,
+        id: NodeId,
+        steps: impl IntoIterator<Item = MembershipStep>,
+    ) -> Result<(u64, u64), RaftError> {
+        self.node_mut(id)
+            .propose_membership(MembershipChange::new(steps))
+    }
+
+    /// Member `id` takes a snapshot at `index` (applied) and compacts its log and store.
+    pub fn compact(&mut self, id: NodeId, index: u64) {
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.compact(index);
+        let meta = node.snapshot_meta().cloned().expect("just compacted");
+        let store = self.stores.get_mut(&id).expect("member");
+        let drop = (meta.index - store.snapshot_index()) as usize;
+        store.entries.drain(..drop.min(store.entries.len()));
+        store.snapshot = Some(meta);
     }
 
     /// The member `id`.
@@ -119,6 +158,10 @@ impl Cluster {
         let ready = node.ready();
         let copy = ready.clone();
         let store = self.stores.get_mut(&id).expect("member");
+        if let Some((meta, _)) = &ready.snapshot {
+            store.snapshot = Some(meta.clone());
+            store.entries.clear();
+        }
         if let Some(hard_state) = ready.hard_state {
             store.hard_state = hard_state;
         }
@@ -135,7 +178,7 @@ impl Cluster {
                 ready
                     .committed_entries
                     .into_iter()
-                    .filter(|entry| entry.kind != EntryKind::Noop),
+                    .filter(|entry| entry.kind == EntryKind::Normal),
             );
             node.on_applied(last_index);
         }

@@ -104,6 +104,16 @@ impl Membership {
         self.voters.contains(&id) || self.voters_outgoing.contains(&id)
     }
 
+    /// True while a joint configuration is in force (a change of several voters).
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// True if `id` is a voter, an outgoing voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.is_voter(id) || self.learners.contains(&id)
+    }
+
     /// Every member (voters of both halves and learners), in ascending order.
     pub fn members(&self) -> BTreeSet<NodeId> {
         self.voters

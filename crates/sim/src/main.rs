@@ -43,6 +43,10 @@ enum Command {
         /// Simulated milliseconds allowed for recovery after healing.
         #[arg(long, default_value_t = 4_000)]
         heal_ms: u64,
+        /// Membership churn: `on` for every seed, `off` for none (default: half the seeds,
+        /// drawn from each seed).
+        #[arg(long, value_parser = parse_churn)]
+        churn: Option<bool>,
         /// Plant a known bug to prove the simulator catches it: `vote-by-log-length` or
         /// `commit-by-replica-count`.
         #[arg(long, value_parser = parse_bug, hide = true)]
@@ -62,7 +66,16 @@ fn parse_bug(text: &str) -> Result<PlantedBug, String> {
     match text {
         "vote-by-log-length" => Ok(PlantedBug::VoteByLogLength),
         "commit-by-replica-count" => Ok(PlantedBug::CommitByReplicaCount),
+        "membership-without-joint" => Ok(PlantedBug::MembershipWithoutJoint),
         _ => Err(format!("unknown --planted-bug {text:?}")),
+    }
+}
+
+fn parse_churn(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("--churn must be on or off, not {text:?}")),
     }
 }
 
@@ -84,6 +97,7 @@ fn main() -> ExitCode {
             trace,
             fault_ms,
             heal_ms,
+            churn,
             planted_bug,
         } => {
             let (first, count) = match seed {
@@ -96,6 +110,7 @@ fn main() -> ExitCode {
                 fault_ms,
                 heal_ms,
                 planted_bug: planted_bug.unwrap_or_default(),
+                churn,
             };
             run(first, count, &settings)
         }
@@ -111,6 +126,7 @@ struct Settings {
     fault_ms: u64,
     heal_ms: u64,
     planted_bug: PlantedBug,
+    churn: Option<bool>,
 }
 
 fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
@@ -118,6 +134,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
     let (mut violations, mut operations, mut unknown, mut faults, mut crashes, mut events) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut inconclusive = 0u64;
+    let (mut churn_seeds, mut membership_changes) = (0u64, 0u64);
     for seed in first..first + count {
         let mut options = Options::new(seed);
         options.nodes = settings.nodes;
@@ -125,6 +142,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
         options.fault_ms = settings.fault_ms;
         options.heal_ms = settings.heal_ms;
         options.planted_bug = settings.planted_bug;
+        options.churn = settings.churn;
         let report = run_seed(options);
         operations += report.stats.operations_ok;
         unknown += report.stats.operations_unknown;
@@ -132,6 +150,8 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
         crashes += report.stats.crashes;
         events += report.stats.events;
         inconclusive += report.stats.linearizability_inconclusive;
+        churn_seeds += report.stats.churn;
+        membership_changes += report.stats.membership_changes;
         if count == 1 {
             println!("trace-hash={:016x}", report.stats.trace_hash);
         }
@@ -148,7 +168,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
         }
     }
     println!(
-        "seeds={count} violations={violations} operations={operations} unknown={unknown} faults={faults} crashes={crashes} events={events} linearizability_inconclusive={inconclusive} seconds={:.1}",
+        "seeds={count} violations={violations} operations={operations} unknown={unknown} faults={faults} crashes={crashes} events={events} linearizability_inconclusive={inconclusive} churn_seeds={churn_seeds} membership_changes={membership_changes} seconds={:.1}",
         started.elapsed().as_secs_f64()
     );
     if violations == 0 {

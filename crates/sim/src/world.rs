@@ -10,8 +10,8 @@ use std::io::{Read, Write};
 
 use bytes::Bytes;
 use skiff_raft::{
-    Config, Entry, EntryKind, HardState, InitialState, Membership, Message, MessageBody, NodeId,
-    PlantedBug, RaftError, RawNode, ReadMode, Rng, Role, SnapshotMeta,
+    decode_membership, Config, Entry, EntryKind, HardState, InitialState, Membership, Message,
+    MessageBody, NodeId, PlantedBug, RaftError, RawNode, ReadMode, Rng, Role, SnapshotMeta,
 };
 
 use skiff_storage::{CrashOptions, SimulatedFileSystem, SimulatedStorage, Storage, StorageConfig};
@@ -41,6 +41,9 @@ pub struct Options {
     pub trace: bool,
     /// Plant a known bug (tests of the simulator itself).
     pub planted_bug: PlantedBug,
+    /// Membership churn (spare members added as learners and promoted, members removed,
+    /// the leader included, joint changes): `None` draws it from the seed (half the seeds).
+    pub churn: Option<bool>,
 }
 
 impl Options {
@@ -53,6 +56,7 @@ impl Options {
             heal_ms: 4_000,
             trace: false,
             planted_bug: PlantedBug::None,
+            churn: None,
         }
     }
 }
@@ -89,6 +93,10 @@ pub struct RunStats {
     pub trace_hash: u64,
     /// 1 if the linearizability checker ran out of budget on this run's history.
     pub linearizability_inconclusive: u64,
+    /// 1 if the seed ran with membership churn.
+    pub churn: u64,
+    /// Membership changes accepted by a leader.
+    pub membership_changes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -195,6 +203,9 @@ enum Fault {
         drop_percent: u64,
         duplicate_percent: u64,
     },
+    /// Propose a membership change on the current leader (drawn when applied, from its
+    /// configuration).
+    Churn,
 }
 
 #[derive(Clone, Debug)]
@@ -266,7 +277,10 @@ pub struct World {
     sequence: u64,
     queue: BTreeMap<(u64, u64), Event>,
     nodes: BTreeMap<NodeId, SimNode>,
+    /// The configuration at bootstrap (members `1..=size`; spare members start outside it).
     membership: Membership,
+    /// Membership churn is on for this seed.
+    churn: bool,
     config: Config,
     clients: Vec<Client>,
     keys: Vec<String>,
@@ -341,6 +355,9 @@ impl World {
             size => size,
         } as u64;
         let membership = Membership::new(1..=size);
+        let drawn_churn = rng.chance(1, 2);
+        let churn = options.churn.unwrap_or(drawn_churn);
+        let spares = if churn { rng.range(1, 3) } else { 0 };
         let mut config = Config::new(1);
         config.election_ticks = 10;
         config.heartbeat_ticks = 1;
@@ -359,7 +376,7 @@ impl World {
         config.max_apply_bytes = [100, 1 << 20][rng.range(0, 2) as usize];
         config.planted_bug = options.planted_bug;
         let mut nodes = BTreeMap::new();
-        for id in 1..=size {
+        for id in 1..=size + spares {
             // Clock skew: each member's tick runs up to 5% fast or slow.
             let tick_micros = 10_000 * (950 + rng.range(0, 101)) / 1_000;
             nodes.insert(
@@ -411,6 +428,7 @@ impl World {
             queue: BTreeMap::new(),
             nodes,
             membership,
+            churn,
             config,
             clients,
             keys,
@@ -435,7 +453,7 @@ impl World {
             trace_tail: VecDeque::new(),
         };
         world.trace(format!(
-            "setup nodes={size} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}% snapshot_every={}",
+            "setup nodes={size} spares={spares} churn={churn} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}% snapshot_every={}",
             world.keys.len(),
             world.config.pre_vote,
             world.config.check_quorum,
@@ -447,6 +465,7 @@ impl World {
             world.isolate_new_leader_percent,
             world.snapshot_every,
         ));
+        world.stats.churn = churn as u64;
         let ids: Vec<NodeId> = world.nodes.keys().copied().collect();
         for id in ids {
             world.start_node(id);
@@ -552,7 +571,11 @@ impl World {
             self.violate("durability", format!("n{id} {problem}"));
             return;
         }
-        node.durable = DurableLog::from_recovered(recovered.snapshot.as_ref(), &recovered.entries);
+        node.durable = DurableLog::from_recovered(
+            recovered.snapshot.as_ref(),
+            &recovered.entries,
+            &self.membership,
+        );
         let mut kv = KvState::default();
         let mut applied = 0;
         if let Some(meta) = &recovered.snapshot {
@@ -818,7 +841,9 @@ impl World {
         let meta = SnapshotMeta {
             index,
             term,
-            membership: raw.membership().clone(),
+            membership: raw
+                .membership_at(index)
+                .expect("the applied index is not compacted"),
         };
         let data = node.kv.encode();
         let storage = node.storage.as_mut().expect("up");
@@ -872,6 +897,13 @@ impl World {
                         self.violate("state machine safety", detail);
                         return;
                     }
+                }
+            }
+            if entry.kind == EntryKind::ConfigChange {
+                if let Err(error) = decode_membership(&entry.data) {
+                    let detail = format!("n{id} configuration entry {}: {error}", entry.index);
+                    self.violate("decode", detail);
+                    return;
                 }
             }
             if entry.kind != EntryKind::Normal {
@@ -1324,7 +1356,7 @@ impl World {
             node.synced_hard_state = hard_state;
         }
         if let Some((meta, _)) = &write.snapshot {
-            node.durable.install(meta.index, meta.term);
+            node.durable.install(meta);
         }
         node.durable.append(&write.entries);
         let raw = node.raw.as_mut().expect("up");

@@ -55,6 +55,22 @@ impl World {
                 return;
             }
         }
+        if status.role == Role::Leader && status.membership_index > status.commit {
+            // One membership change at a time: a leader's log holds at most one
+            // configuration entry that is not committed.
+            let earlier = (status.commit + 1..status.membership_index).find(|index| {
+                raw.entry(*index)
+                    .is_some_and(|entry| entry.kind == EntryKind::ConfigChange)
+            });
+            if let Some(earlier) = earlier {
+                let detail = format!(
+                    "leader n{id} holds uncommitted configuration entries {earlier} and {} (commit {})",
+                    status.membership_index, status.commit
+                );
+                self.violate("one membership change at a time", detail);
+                return;
+            }
+        }
         let node = self.nodes.get_mut(&id).expect("member");
         node.last_commit = status.commit;
         node.checked_commit = status.commit;
@@ -69,14 +85,15 @@ impl World {
     }
 
     /// Raft's safety argument, checked directly on what is durable (as if every member
-    /// crashed and restarted now): every member whose disk holds the newest committed entry
-    /// has a log strictly more up to date than any member whose disk lacks it, so a member
-    /// lacking it can never collect a majority of votes. Returns the member that could.
+    /// crashed and restarted now): no member whose disk lacks the newest committed entry can
+    /// collect a quorum — of the configuration its own disk puts in force (both halves if
+    /// joint) — of members whose logs are not more up to date than its own. Returns the
+    /// member that could.
     pub(super) fn electable_without_committed(&self) -> Option<String> {
         let index = self.committed.len() as u64;
         let (term, _) = *self.committed.last()?;
         // Down members count too: they restart from their disks.
-        let logs: Vec<(NodeId, u64, u64, bool)> = self
+        let logs: Vec<(NodeId, u64, u64, bool, &Membership)> = self
             .nodes
             .values()
             .map(|node| {
@@ -86,25 +103,25 @@ impl World {
                     last_term,
                     last_index,
                     node.durable.holds(index, term),
+                    node.durable.membership(),
                 )
             })
             .collect();
-        let majority = self.nodes.len() / 2 + 1;
-        for (candidate, last_term, last_index, holds) in &logs {
-            if *holds {
+        for (candidate, last_term, last_index, holds, membership) in &logs {
+            if *holds || !membership.is_voter(*candidate) {
                 continue;
             }
             // Members whose log is not more up to date than the candidate's would vote for it.
             let voters: Vec<NodeId> = logs
                 .iter()
-                .filter(|(_, voter_term, voter_index, _)| {
+                .filter(|(_, voter_term, voter_index, ..)| {
                     (*last_term, *last_index) >= (*voter_term, *voter_index)
                 })
                 .map(|(voter, ..)| *voter)
                 .collect();
-            if voters.len() >= majority {
+            if skiff_raft::quorum::is_quorum(membership, |id| voters.contains(&id)) {
                 return Some(format!(
-                    "entry {index} (term {term}) is committed, yet n{candidate} (durable last entry {last_index}, term {last_term}) lacks it and could be elected by {voters:?}"
+                    "entry {index} (term {term}) is committed, yet n{candidate} (durable last entry {last_index}, term {last_term}, configuration {membership:?}) lacks it and could be elected by {voters:?}"
                 ));
             }
         }
@@ -218,29 +235,43 @@ pub(super) fn recovery_problem(node: &SimNode, hard_state: &HardState) -> Option
     None
 }
 
-/// The synced part of a member's log, as (index, term) facts.
+/// The synced part of a member's log, as (index, term) facts, and the configuration it
+/// puts in force.
 #[derive(Clone, Debug, Default)]
 pub(super) struct DurableLog {
     snapshot_index: u64,
     snapshot_term: u64,
     /// Terms of the entries after the snapshot.
     terms: Vec<u64>,
+    /// The configuration of the snapshot (or of the bootstrap).
+    base: Membership,
+    /// Configuration entries after the snapshot, by index.
+    configs: BTreeMap<u64, Membership>,
 }
 
 impl DurableLog {
-    pub(super) fn from_recovered(snapshot: Option<&SnapshotMeta>, entries: &[Entry]) -> DurableLog {
-        let mut log = DurableLog::default();
+    pub(super) fn from_recovered(
+        snapshot: Option<&SnapshotMeta>,
+        entries: &[Entry],
+        bootstrap: &Membership,
+    ) -> DurableLog {
+        let mut log = DurableLog {
+            base: bootstrap.clone(),
+            ..DurableLog::default()
+        };
         if let Some(meta) = snapshot {
-            log.install(meta.index, meta.term);
+            log.install(meta);
         }
         log.append(entries);
         log
     }
 
-    pub(super) fn install(&mut self, index: u64, term: u64) {
-        self.snapshot_index = index;
-        self.snapshot_term = term;
+    pub(super) fn install(&mut self, meta: &SnapshotMeta) {
+        self.snapshot_index = meta.index;
+        self.snapshot_term = meta.term;
         self.terms.clear();
+        self.base = meta.membership.clone();
+        self.configs.clear();
     }
 
     pub(super) fn append(&mut self, entries: &[Entry]) {
@@ -250,6 +281,19 @@ impl DurableLog {
         let keep = first.index.saturating_sub(self.snapshot_index + 1) as usize;
         self.terms.truncate(keep);
         self.terms.extend(entries.iter().map(|entry| entry.term));
+        self.configs.split_off(&first.index);
+        for entry in entries {
+            if entry.kind == EntryKind::ConfigChange && entry.index > self.snapshot_index {
+                if let Ok(membership) = decode_membership(&entry.data) {
+                    self.configs.insert(entry.index, membership);
+                }
+            }
+        }
+    }
+
+    /// The configuration a member restarting from this disk would be in.
+    pub(super) fn membership(&self) -> &Membership {
+        self.configs.values().next_back().unwrap_or(&self.base)
     }
 
     /// (last index, last term).

@@ -2,6 +2,7 @@
 //! liveness check after it.
 
 use super::*;
+use skiff_raft::{MembershipChange, MembershipStep};
 
 impl World {
     pub(super) fn schedule_faults(&mut self) {
@@ -43,6 +44,18 @@ impl World {
             };
             self.sequence += 1;
             self.queue.insert((at, self.sequence), Event::Fault(fault));
+        }
+        if self.churn {
+            // Membership changes on top of the other faults, spread over the fault window.
+            for _ in 0..self.rng.range(6, 24) {
+                let at = self.rng.range(
+                    100 * MICROS_PER_MILLI,
+                    fault_micros.max(101 * MICROS_PER_MILLI),
+                );
+                self.sequence += 1;
+                self.queue
+                    .insert((at, self.sequence), Event::Fault(Fault::Churn));
+            }
         }
         self.sequence += 1;
         self.queue
@@ -156,7 +169,106 @@ impl World {
                 self.drop_percent = drop_percent;
                 self.duplicate_percent = duplicate_percent;
             }
+            Fault::Churn => self.churn_membership(),
         }
+    }
+
+    /// Proposes a membership change on the current leader, drawn from its configuration:
+    /// add a spare (or removed) member as a learner or a voter, promote a learner, remove a
+    /// learner or a voter (the leader included), or replace one or two voters at once
+    /// (joint consensus). At least one voter always remains.
+    fn churn_membership(&mut self) {
+        let Some(leader) = self.current_leader() else {
+            return;
+        };
+        let membership = self.nodes[&leader]
+            .raw
+            .as_ref()
+            .expect("up")
+            .membership()
+            .clone();
+        let outsiders: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| !membership.contains(*id))
+            .collect();
+        let voters: Vec<NodeId> = membership.voters.iter().copied().collect();
+        let learners: Vec<NodeId> = membership.learners.iter().copied().collect();
+        let pick = |rng: &mut Rng, from: &[NodeId]| -> Option<NodeId> {
+            (!from.is_empty()).then(|| from[rng.range(0, from.len() as u64) as usize])
+        };
+        let mut steps = None;
+        for _ in 0..8 {
+            if steps.is_some() {
+                break;
+            }
+            steps = match self.rng.range(0, 7) {
+                0 | 1 => {
+                    pick(&mut self.rng, &outsiders).map(|id| vec![MembershipStep::AddLearner(id)])
+                }
+                2 => pick(&mut self.rng, &learners)
+                    .map(|id| vec![MembershipStep::PromoteLearner(id)]),
+                3 => pick(&mut self.rng, &outsiders).map(|id| vec![MembershipStep::AddVoter(id)]),
+                4 if voters.len() > 1 => {
+                    pick(&mut self.rng, &voters).map(|id| vec![MembershipStep::Remove(id)])
+                }
+                5 => pick(&mut self.rng, &learners).map(|id| vec![MembershipStep::Remove(id)]),
+                _ => {
+                    // Joint: replace up to two voters by outsiders or learners.
+                    let mut incoming: Vec<MembershipStep> = Vec::new();
+                    let mut candidates: Vec<(NodeId, bool)> = outsiders
+                        .iter()
+                        .map(|id| (*id, false))
+                        .chain(learners.iter().map(|id| (*id, true)))
+                        .collect();
+                    for _ in 0..self.rng.range(1, 3) {
+                        if candidates.is_empty() {
+                            break;
+                        }
+                        let (id, learner) =
+                            candidates.remove(self.rng.range(0, candidates.len() as u64) as usize);
+                        incoming.push(if learner {
+                            MembershipStep::PromoteLearner(id)
+                        } else {
+                            MembershipStep::AddVoter(id)
+                        });
+                    }
+                    let mut outgoing = voters.clone();
+                    let mut steps = Vec::new();
+                    for _ in 0..self.rng.range(1, 3) {
+                        if outgoing.len() <= 1 {
+                            break;
+                        }
+                        let id = outgoing.remove(self.rng.range(0, outgoing.len() as u64) as usize);
+                        steps.push(MembershipStep::Remove(id));
+                    }
+                    steps.extend(incoming);
+                    (steps.len() > 1).then_some(steps)
+                }
+            };
+        }
+        let Some(steps) = steps else {
+            self.trace(format!("churn: nothing to change in {membership:?}"));
+            return;
+        };
+        let change = MembershipChange::new(steps);
+        let raw = self
+            .nodes
+            .get_mut(&leader)
+            .expect("member")
+            .raw
+            .as_mut()
+            .expect("up");
+        let result = raw.propose_membership(change.clone());
+        self.trace(format!(
+            "churn: n{leader} proposes {:?}: {result:?}",
+            change.steps
+        ));
+        if result.is_ok() {
+            self.stats.membership_changes += 1;
+        }
+        self.process(leader);
     }
 
     /// Cuts every link to and from `node` (on top of the current partition).
@@ -231,10 +343,17 @@ impl World {
             self.violate("liveness", detail);
             return;
         }
-        // Every member catches up: what was committed halfway through the recovery window
-        // is applied everywhere by its end.
+        // Every member of the leader's configuration catches up: what was committed halfway
+        // through the recovery window is applied everywhere by its end. Removed members and
+        // spares need not.
+        let membership = self.nodes[&leader]
+            .raw
+            .as_ref()
+            .expect("up")
+            .membership()
+            .clone();
         for node in self.nodes.values() {
-            if node.applied_index < self.catch_up_target {
+            if membership.contains(node.id) && node.applied_index < self.catch_up_target {
                 let detail = format!(
                     "n{} applied only {} of the {} entries committed {} ms after healing",
                     node.id,
