@@ -32,7 +32,8 @@ pub(crate) struct Applier {
     pub last_snapshot_index: u64,
     /// Term of the entry at the store's applied index (the term a snapshot records).
     pub last_applied_term: u64,
-    /// The membership snapshots record (fixed until membership changes exist).
+    /// The configuration in force at the applied index (the last applied configuration
+    /// entry, else the snapshot's or the bootstrap one): what a snapshot records.
     pub membership: skiff_raft::Membership,
 }
 
@@ -90,7 +91,22 @@ impl Applier {
                             None
                         }
                     },
-                    EntryKind::Noop | EntryKind::ConfigChange => {
+                    EntryKind::Noop => {
+                        store.advance_applied_index(entry.index);
+                        None
+                    }
+                    EntryKind::ConfigChange => {
+                        // The configuration in force at the applied index is what a snapshot
+                        // taken here must record.
+                        match skiff_raft::decode_membership(&entry.data) {
+                            Ok(membership) => self.membership = membership,
+                            Err(error) => {
+                                return Err(format!(
+                                    "configuration entry {} does not decode: {error}",
+                                    entry.index
+                                ))
+                            }
+                        }
                         store.advance_applied_index(entry.index);
                         None
                     }
@@ -147,6 +163,7 @@ impl Applier {
             *store = restored;
         }
         self.last_applied_term = meta.term;
+        self.membership = meta.membership.clone();
         {
             // Proposals at or below the snapshot can no longer be matched to their entries.
             let mut waiters = self.shared.waiters.lock().expect("waiters lock");

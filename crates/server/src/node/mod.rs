@@ -160,6 +160,10 @@ impl Node {
         let applied = store.applied_index();
         let revision = store.current_revision();
         let applied_term = recovered.snapshot.as_ref().map_or(0, |meta| meta.term);
+        let recovered_membership = recovered
+            .snapshot
+            .as_ref()
+            .map_or_else(|| membership.clone(), |meta| meta.membership.clone());
         tracing::info!(
             member = format_args!("{:x}", options.id),
             applied,
@@ -242,7 +246,8 @@ impl Node {
             snapshot_count: options.snapshot_count,
             last_snapshot_index: applied,
             last_applied_term: applied_term,
-            membership,
+            // The store reflects the snapshot: its configuration until the log says otherwise.
+            membership: recovered_membership,
         };
         let apply_thread = std::thread::Builder::new()
             .name("skiff-apply".into())
