@@ -66,11 +66,17 @@ fn seeds_with_seven_members() {
     run_many(7, 30_000, 100);
 }
 
+// 1,000 seeds with membership churn, in two halves so they run on two test threads. Every
+// seed adds spare members as learners, promotes them, removes members (the leader too) and
+// makes joint changes, with snapshots and InstallSnapshot, on top of the usual faults.
 #[test]
-fn seeds_with_membership_churn() {
-    // Every seed here adds spare members as learners, promotes them, removes members (the
-    // leader too) and makes joint changes, on top of the usual faults.
-    run_many_with(0, 40_000, 100, Some(true));
+fn seeds_with_membership_churn_first_half() {
+    run_many_with(0, 40_000, 500, Some(true));
+}
+
+#[test]
+fn seeds_with_membership_churn_second_half() {
+    run_many_with(0, 40_500, 500, Some(true));
 }
 
 /// Seeds that found liveness bugs of the membership code, kept as regression tests (each
