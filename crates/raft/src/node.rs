@@ -1116,7 +1116,18 @@ impl RawNode {
             PlantedBug::VoteByLogLength => last_log_index >= self.log.last_index(),
             _ => self.log.is_up_to_date(last_log_index, last_log_term),
         };
-        let granted = can_vote && up_to_date;
+        // Two members that time out together and pre-campaign for the same term with equal
+        // logs would both pass the pre-vote and then split the real vote, costing another
+        // election timeout. A pre-candidate therefore yields only to a higher id: of
+        // simultaneous pre-candidates with equal logs exactly one (the highest) can proceed.
+        // Pre-votes change no state, so this affects liveness only.
+        let yields = !(pre_vote
+            && self.role == Role::PreCandidate
+            && term == self.term + 1
+            && from < self.id
+            && last_log_term == self.log.last_term()
+            && last_log_index == self.log.last_index());
+        let granted = can_vote && up_to_date && yields;
         let response = Message {
             from: self.id,
             to: from,

@@ -703,3 +703,32 @@ fn transfer_to_self_to_a_non_member_or_from_a_follower_is_refused() {
     assert!(!cluster.node(1).has_ready(), "refusals change nothing");
     assert_eq!(cluster.propose(1, b"x"), Ok((2, 1)));
 }
+
+/// Two followers that time out together after the leader dies would both pass the pre-vote
+/// and split the real vote, costing another election timeout. Of simultaneous pre-candidates
+/// with equal logs only the highest id gets through, so one round elects a leader.
+#[test]
+fn simultaneous_pre_candidates_do_not_split_the_vote() {
+    let mut cluster = Cluster::new(3, |config| config);
+    cluster.elect(1);
+    cluster.propose(1, b"x").unwrap();
+    cluster.stabilize();
+    let term = cluster.node(2).status().term;
+    cluster.stop(1);
+    // Both remaining members campaign at the same instant (as if their timers fired together).
+    cluster.node_mut(2).campaign();
+    cluster.node_mut(3).campaign();
+    cluster.process(2);
+    cluster.process(3);
+    cluster.stabilize();
+    assert_eq!(
+        cluster.leader(),
+        Some(3),
+        "one round should elect the higher id"
+    );
+    assert_eq!(
+        cluster.node(3).status().term,
+        term + 1,
+        "elected in the first term tried"
+    );
+}
