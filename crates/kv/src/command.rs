@@ -95,6 +95,26 @@ pub enum Operation {
     },
 }
 
+impl Operation {
+    /// Stamps the leader's clock (`now_ms`) into the operations that carry one: lease grant,
+    /// keep-alive, expiry and promotion. The proposing leader calls it; other operations are
+    /// left as they are.
+    pub fn set_leader_time(&mut self, now: i64) {
+        match self {
+            Operation::LeaseGrant { now_ms, .. }
+            | Operation::LeaseKeepAlive { now_ms, .. }
+            | Operation::ExpireLeases { now_ms, .. }
+            | Operation::LeasePromote { now_ms } => *now_ms = now,
+            Operation::Range(_)
+            | Operation::Put(_)
+            | Operation::DeleteRange(_)
+            | Operation::Txn(_)
+            | Operation::Compact(_)
+            | Operation::LeaseRevoke { .. } => {}
+        }
+    }
+}
+
 /// The answer to a command, before the server adds the header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {

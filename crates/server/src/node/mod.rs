@@ -449,21 +449,15 @@ impl NodeHandle {
         (rng.next_u64() >> 1).max(1) as i64
     }
 
-    /// The leader's part of lease operations: its clock, and an ID for a grant without one.
+    /// The leader's part of lease operations: its clock, and an ID for a grant without one
+    /// (normally picked already by the member the client called, see `Backend::propose`).
     fn fill_leader_fields(&self, operation: &mut Operation) {
-        let now = now_ms();
-        match operation {
-            Operation::LeaseGrant { id, now_ms, .. } => {
-                if *id == 0 {
-                    *id = self.fresh_lease_id();
-                }
-                *now_ms = now;
+        if let Operation::LeaseGrant { id, .. } = operation {
+            if *id == 0 {
+                *id = self.fresh_lease_id();
             }
-            Operation::LeaseKeepAlive { now_ms, .. }
-            | Operation::ExpireLeases { now_ms, .. }
-            | Operation::LeasePromote { now_ms } => *now_ms = now,
-            _ => {}
         }
+        operation.set_leader_time(now_ms());
     }
 
     /// Answers a write forwarded by another member: propose it here if this member leads.

@@ -93,18 +93,12 @@ impl Backend for TestBackend {
     async fn propose(&self, mut operation: Operation) -> Result<Response, ServerError> {
         self.inner.proposals.fetch_add(1, Ordering::SeqCst);
         let now = self.now_ms();
-        match &mut operation {
-            Operation::LeaseGrant { id, now_ms, .. } => {
-                if *id == 0 {
-                    *id = self.inner.next_lease.fetch_add(1, Ordering::SeqCst);
-                }
-                *now_ms = now;
+        if let Operation::LeaseGrant { id, .. } = &mut operation {
+            if *id == 0 {
+                *id = self.inner.next_lease.fetch_add(1, Ordering::SeqCst);
             }
-            Operation::LeaseKeepAlive { now_ms, .. }
-            | Operation::ExpireLeases { now_ms, .. }
-            | Operation::LeasePromote { now_ms } => *now_ms = now,
-            _ => {}
         }
+        operation.set_leader_time(now);
         let _guard = self.inner.apply.lock().unwrap();
         let index = self.inner.next_index.fetch_add(1, Ordering::SeqCst);
         let (response, revision) = {
