@@ -91,8 +91,16 @@ impl Drop for DemoCluster {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `count` distinct free loopback ports: all are bound before any is released, so none is
+/// handed out twice.
+fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|address| address.port()))
+        .collect::<std::io::Result<Vec<_>>>()?)
 }
 
 #[derive(Clone, Debug)]
@@ -139,10 +147,10 @@ impl DemoCluster {
                 .map_or(0, |elapsed| elapsed.as_millis())
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut ports = Vec::new();
-        for _ in 0..options.members {
-            ports.push((free_port()?, free_port()?));
-        }
+        let ports: Vec<(u16, u16)> = free_ports(2 * options.members)?
+            .chunks(2)
+            .map(|pair| (pair[0], pair[1]))
+            .collect();
         let initial_cluster = ports
             .iter()
             .enumerate()

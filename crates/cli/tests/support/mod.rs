@@ -133,6 +133,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `count` distinct loopback ports that were free a moment ago. All are bound at once before
+/// any is released, so (unlike calling [`free_port`] repeatedly) none is handed out twice.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("bound address").port())
+        .collect()
+}
+
 /// What a finished (or timed-out) child process printed.
 #[derive(Clone, Debug, Default)]
 pub struct Output {
@@ -403,12 +415,13 @@ impl Cluster {
     fn try_start(kind: Kind, n: usize, options: Options) -> Result<Cluster, String> {
         assert!(n > 0, "a cluster needs at least one member");
         let directory = fresh_directory(kind);
+        let ports = free_ports(2 * n);
         let members = (0..n)
             .map(|index| {
                 let name = format!("m{index}");
                 Member {
-                    client_url: format!("http://127.0.0.1:{}", free_port()),
-                    peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    client_url: format!("http://127.0.0.1:{}", ports[2 * index]),
+                    peer_url: format!("http://127.0.0.1:{}", ports[2 * index + 1]),
                     data_dir: directory.join(format!("{name}.data")),
                     log: directory.join(format!("{name}.log")),
                     name,
