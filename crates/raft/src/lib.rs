@@ -23,7 +23,8 @@ pub mod types;
 pub use config::{Config, PlantedBug, ReadMode};
 pub use error::{ConfigError, RaftError};
 pub use membership::{
-    decode_membership, encode_membership, plan_change, MembershipChange, MembershipDecodeError,
+    decode_membership, decode_membership_context, encode_membership,
+    encode_membership_with_context, plan_change, MembershipChange, MembershipDecodeError,
     MembershipStep,
 };
 pub use message::{Message, MessageBody};

@@ -45,8 +45,12 @@ impl MembershipStep {
 /// A membership change: steps applied together, in order, as one configuration change.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MembershipChange {
-    /// The steps; each member may appear in at most one.
+    /// The steps; each member may appear in at most one. No steps (with a context) re-states
+    /// the current configuration, to replicate new application data about its members.
     pub steps: Vec<MembershipStep>,
+    /// Opaque application data carried in the configuration entry (e.g. the members'
+    /// addresses), read back with [`decode_membership_context`]. Empty for none.
+    pub context: Bytes,
 }
 
 impl MembershipChange {
@@ -54,12 +58,19 @@ impl MembershipChange {
     pub fn new(steps: impl IntoIterator<Item = MembershipStep>) -> MembershipChange {
         MembershipChange {
             steps: steps.into_iter().collect(),
+            context: Bytes::new(),
         }
     }
 
     /// A change of one step.
     pub fn single(step: MembershipStep) -> MembershipChange {
-        MembershipChange { steps: vec![step] }
+        MembershipChange::new([step])
+    }
+
+    /// The same change carrying `context` in its configuration entry.
+    pub fn with_context(mut self, context: Bytes) -> MembershipChange {
+        self.context = context;
+        self
     }
 }
 
@@ -76,7 +87,11 @@ pub fn plan_change(
         return Err(RaftError::MembershipChangePending);
     }
     if change.steps.is_empty() {
-        return invalid("no steps".into());
+        if change.context.is_empty() {
+            return invalid("no steps".into());
+        }
+        // Only new context for the same configuration.
+        return Ok(current.clone());
     }
     let mut seen = BTreeSet::new();
     for step in &change.steps {
@@ -150,7 +165,10 @@ pub enum MembershipDecodeError {
     TrailingBytes,
 }
 
+/// Version 1: the configuration alone. Version 2: followed by a varint length and the
+/// application's context bytes.
 const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION_WITH_CONTEXT: u8 = 2;
 
 fn put_varint(buf: &mut BytesMut, mut value: u64) {
     while value >= 0x80 {
@@ -182,8 +200,18 @@ fn get_varint(input: &mut &[u8]) -> Result<u64, MembershipDecodeError> {
 /// Encodes a configuration as the payload of a `ConfigChange` entry: a version byte, then
 /// voters, outgoing voters and learners, each as a varint count and varint ids ascending.
 pub fn encode_membership(membership: &Membership) -> Bytes {
+    encode_membership_with_context(membership, &[])
+}
+
+/// Encodes a configuration and the application's `context` (format version 2 when the
+/// context is not empty, so entries without one keep version 1).
+pub fn encode_membership_with_context(membership: &Membership, context: &[u8]) -> Bytes {
     let mut buf = BytesMut::new();
-    buf.put_u8(FORMAT_VERSION);
+    buf.put_u8(if context.is_empty() {
+        FORMAT_VERSION
+    } else {
+        FORMAT_VERSION_WITH_CONTEXT
+    });
     for set in [
         &membership.voters,
         &membership.voters_outgoing,
@@ -194,17 +222,29 @@ pub fn encode_membership(membership: &Membership) -> Bytes {
             put_varint(&mut buf, *id);
         }
     }
+    if !context.is_empty() {
+        put_varint(&mut buf, context.len() as u64);
+        buf.put_slice(context);
+    }
     buf.freeze()
 }
 
 /// Decodes the payload of a `ConfigChange` entry. Never panics; refuses anything that
 /// [`encode_membership`] would not produce for a valid configuration (no voters, id zero,
 /// unsorted or duplicate ids, a learner that also votes, trailing bytes).
-pub fn decode_membership(mut input: &[u8]) -> Result<Membership, MembershipDecodeError> {
+pub fn decode_membership(input: &[u8]) -> Result<Membership, MembershipDecodeError> {
+    decode_membership_context(input).map(|(membership, _)| membership)
+}
+
+/// Decodes the payload of a `ConfigChange` entry into the configuration and the context the
+/// application attached to it (empty if none). Never panics.
+pub fn decode_membership_context(
+    mut input: &[u8],
+) -> Result<(Membership, &[u8]), MembershipDecodeError> {
     let (&version, rest) = input
         .split_first()
         .ok_or(MembershipDecodeError::Truncated)?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_WITH_CONTEXT {
         return Err(MembershipDecodeError::UnknownVersion(version));
     }
     input = rest;
@@ -226,6 +266,17 @@ pub fn decode_membership(mut input: &[u8]) -> Result<Membership, MembershipDecod
             set.insert(id);
         }
     }
+    let mut context: &[u8] = &[];
+    if version == FORMAT_VERSION_WITH_CONTEXT {
+        let length = get_varint(&mut input)?;
+        if length == 0 {
+            return Err(MembershipDecodeError::Malformed("empty context"));
+        }
+        if length > input.len() as u64 {
+            return Err(MembershipDecodeError::Truncated);
+        }
+        (context, input) = input.split_at(length as usize);
+    }
     if !input.is_empty() {
         return Err(MembershipDecodeError::TrailingBytes);
     }
@@ -239,11 +290,14 @@ pub fn decode_membership(mut input: &[u8]) -> Result<Membership, MembershipDecod
     {
         return Err(MembershipDecodeError::Malformed("a learner also votes"));
     }
-    Ok(Membership {
-        voters,
-        voters_outgoing,
-        learners,
-    })
+    Ok((
+        Membership {
+            voters,
+            voters_outgoing,
+            learners,
+        },
+        context,
+    ))
 }
 
 #[cfg(test)]
@@ -284,7 +338,46 @@ mod tests {
         );
         assert!(decode_membership(&[1, 2, 2, 2, 0, 0]).is_err(), "duplicate");
         assert!(decode_membership(&[1, 1, 2, 0, 0, 9]).is_err(), "trailing");
-        assert!(decode_membership(&[2, 1, 2, 0, 0]).is_err(), "version");
+        assert!(decode_membership(&[3, 1, 2, 0, 0]).is_err(), "version");
+    }
+
+    #[test]
+    fn context_round_trips_and_version_one_entries_still_decode() {
+        let membership = Membership::new([1, 2, 3]);
+        let plain = encode_membership(&membership);
+        assert_eq!(plain[0], 1, "no context keeps format version 1");
+        assert_eq!(
+            decode_membership_context(&plain),
+            Ok((membership.clone(), &[][..]))
+        );
+        let bytes = encode_membership_with_context(&membership, b"addresses");
+        assert_eq!(bytes[0], 2);
+        assert_eq!(
+            decode_membership_context(&bytes),
+            Ok((membership.clone(), &b"addresses"[..]))
+        );
+        assert_eq!(decode_membership(&bytes), Ok(membership));
+        for cut in 0..bytes.len() {
+            assert!(decode_membership(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut trailing = bytes.to_vec();
+        trailing.push(0);
+        assert_eq!(
+            decode_membership(&trailing),
+            Err(MembershipDecodeError::TrailingBytes)
+        );
+        assert!(
+            decode_membership(&[2, 1, 2, 0, 0, 0]).is_err(),
+            "an empty context is written as version 1"
+        );
+    }
+
+    #[test]
+    fn a_change_without_steps_restates_the_configuration_only_with_a_context() {
+        let current = Membership::new([1, 2, 3]);
+        assert!(plan_change(&current, &MembershipChange::default()).is_err());
+        let restated = MembershipChange::default().with_context(Bytes::from_static(b"x"));
+        assert_eq!(plan_change(&current, &restated), Ok(current));
     }
 
     #[test]

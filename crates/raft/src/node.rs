@@ -9,14 +9,17 @@
 //! Nothing here does I/O, reads a clock or uses OS randomness, so the same calls always
 //! produce the same results.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 
 use crate::config::{Config, PlantedBug, ReadMode};
 use crate::error::{ConfigError, RaftError};
 use crate::log::RaftLog;
-use crate::membership::{decode_membership, encode_membership, plan_change, MembershipChange};
+use crate::membership::{
+    decode_membership, decode_membership_context, encode_membership_with_context, plan_change,
+    MembershipChange,
+};
 use crate::message::{Message, MessageBody};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{self, VoteResult};
@@ -140,6 +143,9 @@ pub struct Status {
     pub first_index: u64,
     /// Leader only: each member's match index.
     pub match_indexes: BTreeMap<NodeId, u64>,
+    /// Leader only: the members heard from in this or the previous check-quorum round (an
+    /// election timeout each), this leader included.
+    pub recently_active: BTreeSet<NodeId>,
     /// The configuration in force (the last configuration entry in the log, committed or
     /// not, else the snapshot's).
     pub membership: Membership,
@@ -431,7 +437,10 @@ impl RawNode {
         if self.config.planted_bug == PlantedBug::MembershipWithoutJoint {
             next.voters_outgoing.clear();
         }
-        self.propose_entry(EntryKind::ConfigChange, encode_membership(&next))
+        self.propose_entry(
+            EntryKind::ConfigChange,
+            encode_membership_with_context(&next, &change.context),
+        )
     }
 
     /// True if this member may start elections: it votes in the configuration in force,
@@ -602,13 +611,25 @@ impl RawNode {
 
     /// The member's current state.
     pub fn status(&self) -> Status {
-        let match_indexes = if self.role == Role::Leader {
+        let leader = self.role == Role::Leader;
+        let match_indexes = if leader {
             self.progress
                 .iter()
                 .map(|(id, progress)| (*id, progress.match_index))
                 .collect()
         } else {
             BTreeMap::new()
+        };
+        let recently_active = if leader {
+            self.progress
+                .iter()
+                .filter(|(id, progress)| {
+                    **id == self.id || progress.recent_active || progress.active_last_round
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        } else {
+            BTreeSet::new()
         };
         Status {
             id: self.id,
@@ -623,6 +644,7 @@ impl RawNode {
             persisted: self.log.persisted(),
             first_index: self.log.first_index(),
             match_indexes,
+            recently_active,
             membership: self.membership.clone(),
             membership_index: self.membership_index(),
         }
@@ -881,6 +903,7 @@ impl RawNode {
                 }
                 let own = self.id;
                 for (id, progress) in self.progress.iter_mut() {
+                    progress.active_last_round = progress.recent_active;
                     progress.recent_active = *id == own;
                 }
             }
@@ -1457,11 +1480,20 @@ impl RawNode {
                 voters_outgoing: Default::default(),
                 learners: self.membership.learners.clone(),
             };
+            // The leave entry repeats the application's context of the joint entry.
+            let joint_data = self
+                .log
+                .entry(self.membership_index())
+                .map(|entry| entry.data.clone())
+                .unwrap_or_default();
+            let context = decode_membership_context(&joint_data)
+                .map(|(_, context)| context)
+                .unwrap_or_default();
             let entry = Entry {
                 term: self.term,
                 index: self.log.last_index() + 1,
                 kind: EntryKind::ConfigChange,
-                data: encode_membership(&leave),
+                data: encode_membership_with_context(&leave, context),
             };
             // Not subject to the proposal limits: leaving joint must always happen.
             self.uncommitted_bytes += entry.size_bytes();

@@ -99,6 +99,8 @@ pub struct Progress {
     pub inflights: Inflights,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
+    /// Was heard from in the previous check-quorum round.
+    pub active_last_round: bool,
     /// Highest heartbeat sequence number this member acknowledged in the current term.
     pub acked_heartbeat: u64,
     /// `match_index` when the previous heartbeat response arrived; a replicate pipeline
@@ -122,6 +124,7 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(max_inflight_messages, max_inflight_bytes),
             recent_active: false,
+            active_last_round: false,
             acked_heartbeat: 0,
             match_at_last_heartbeat: 0,
             commit_sent: 0,

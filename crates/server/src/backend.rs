@@ -75,6 +75,41 @@ pub enum ServerError {
     /// The member's own storage failed; it will stop.
     #[error("etcdserver: {0}")]
     Internal(String),
+    /// A membership request names a member that is not in the cluster.
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    /// MemberAdd whose new ID (derived from its peer URLs and the second, as etcd's) is
+    /// taken: the same URLs were added within the same second.
+    #[error("etcdserver: member ID already exist")]
+    MemberIdExists,
+    /// MemberAdd or MemberUpdate with peer URLs another member uses.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// MemberAdd or MemberUpdate with malformed peer URLs.
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    /// The change would leave too few started voters for a quorum.
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    /// Some voters have not been heard from lately: a change now could cost the quorum.
+    #[error("etcdserver: unhealthy cluster")]
+    UnhealthyCluster,
+    /// MemberPromote of a voter.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// MemberPromote of a learner whose log is still far behind the leader's.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    /// MemberAdd of a learner while the cluster has one already (etcd allows one).
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// Another membership change is not finished yet (retried until the deadline, never
+    /// shown to clients).
+    #[error("etcdserver: a membership change is in progress")]
+    ConfigChangePending,
+    /// A request a learner does not serve.
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
 }
 
 impl ServerError {
@@ -96,7 +131,19 @@ impl ServerError {
                 Code::Unavailable
             }
             ServerError::TooManyRequests => Code::ResourceExhausted,
-            ServerError::BadLeaderTransferee | ServerError::NotLeader => Code::FailedPrecondition,
+            ServerError::BadLeaderTransferee
+            | ServerError::NotLeader
+            | ServerError::PeerUrlExists
+            | ServerError::MemberIdExists
+            | ServerError::NotEnoughStartedMembers
+            | ServerError::MemberNotLearner
+            | ServerError::LearnerNotReady
+            | ServerError::TooManyLearners => Code::FailedPrecondition,
+            ServerError::MemberNotFound => Code::NotFound,
+            ServerError::MemberBadUrls => Code::InvalidArgument,
+            ServerError::UnhealthyCluster
+            | ServerError::NotSupportedForLearner
+            | ServerError::ConfigChangePending => Code::Unavailable,
             ServerError::Internal(_) => Code::Internal,
         };
         tonic::Status::new(code, self.to_string())
@@ -140,6 +187,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// The leader's clock in milliseconds as this member estimates it (for lease TTLs).
     fn now_ms(&self) -> i64;
+
+    /// A membership change (etcd's Cluster API), answered once this member has applied it:
+    /// the member it concerns (the new one for an add) and the members afterwards.
+    fn change_members(
+        &self,
+        request: crate::members::MemberRequest,
+    ) -> impl Future<Output = Result<(u64, Vec<MemberInfo>), ServerError>> + Send {
+        let _ = request;
+        async {
+            Err(ServerError::Internal(
+                "membership changes are not supported by this backend".into(),
+            ))
+        }
+    }
 
     /// Leadership transfer to `target` (this member must be the leader); resolves once the
     /// target leads or the attempt failed.

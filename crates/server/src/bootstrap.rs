@@ -3,7 +3,15 @@
 //! `--initial-cluster*` flags are ignored, so restarting with the original command line is
 //! always safe).
 //!
-//! `<data-dir>/member/cluster` is a small text file written atomically before the log:
+//! A member started with `--initial-cluster-state existing` and no state joins a running
+//! cluster instead ([`join`]): it asks the members listed in `--initial-cluster` to describe
+//! their cluster (the peer `Cluster` call), finds itself there by its peer URLs (it must have
+//! been added with MemberAdd first), and starts from the cluster's bootstrap configuration,
+//! which the log it receives from the leader then carries forward.
+//!
+//! `<data-dir>/member/cluster` is a small text file written atomically before the log; its
+//! member lines are the bootstrap members (the configuration at index 0) in the member
+//! registry's text form (see [`crate::members`]):
 //! ```text
 //! skiff-cluster 1
 //! cluster <hex id>
@@ -15,9 +23,10 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::backend::MemberInfo;
 use crate::config::{ClusterState, ServerConfig};
 use crate::ids;
+use crate::members::{MemberRecord, Registry};
+use crate::transport::ClusterView;
 
 /// The cluster as this member knows it at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,8 +35,11 @@ pub struct ClusterInfo {
     pub cluster_id: u64,
     /// This member's ID.
     pub member_id: u64,
-    /// Every member, this one included (client URLs filled for this member only).
-    pub members: Vec<MemberInfo>,
+    /// The members the cluster was bootstrapped with (its configuration at index 0).
+    pub initial: Registry,
+    /// For a member that is joining now: the members as the peer it asked knew them (whom
+    /// to talk to until its log says otherwise).
+    pub joined: Option<Registry>,
     /// True if the member had state already (a restart).
     pub restarted: bool,
 }
@@ -60,36 +72,97 @@ fn cluster_file(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("cluster")
 }
 
-/// Reads the cluster from the data directory, or creates it from the flags on first start.
+/// True when the member must join a running cluster: `--initial-cluster-state existing`
+/// and no state in the data directory yet.
+pub fn must_join(config: &ServerConfig) -> bool {
+    config.initial_cluster_state == ClusterState::Existing
+        && !cluster_file(&config.data_dir).exists()
+}
+
+/// The peer URLs to ask about the cluster when joining: every other member's in
+/// `--initial-cluster`.
+pub fn join_urls(config: &ServerConfig) -> Vec<String> {
+    config
+        .initial_cluster
+        .iter()
+        .filter(|member| member.name != config.name)
+        .flat_map(|member| member.peer_urls.iter().cloned())
+        .collect()
+}
+
+/// Reads the cluster from the data directory, or creates it from the flags on first start
+/// (for a member that joins, see [`join`]).
 pub fn load_or_create(config: &ServerConfig) -> Result<ClusterInfo, BootstrapError> {
     let path = cluster_file(&config.data_dir);
     if path.exists() {
         let mut info = read(&path)?;
         info.restarted = true;
-        for member in &mut info.members {
-            if member.id == info.member_id {
-                member.name = config.name.clone();
-                member.client_urls = config.advertise_client_urls.clone();
-            }
-        }
         return Ok(info);
-    }
-    if config.initial_cluster_state == ClusterState::Existing {
-        return Err(BootstrapError::Config(
-            "--initial-cluster-state existing: joining a running cluster needs membership \
-             changes (MemberAdd), which this version of skiff does not support yet"
-                .into(),
-        ));
     }
     let info = from_flags(config)?;
     write(&path, &info)?;
     Ok(info)
 }
 
+/// Joins the cluster a member described (`--initial-cluster-state existing`, no state yet):
+/// this member must be among its members with `--initial-advertise-peer-urls` (added with
+/// MemberAdd), and `--initial-cluster` must list exactly its members' peer URLs.
+pub fn join(config: &ServerConfig, view: &ClusterView) -> Result<ClusterInfo, BootstrapError> {
+    let corrupt = |what: &str, error: String| {
+        BootstrapError::Config(format!(
+            "--initial-cluster-state existing: member {:x} described its {what} wrongly: {error}",
+            view.member_id
+        ))
+    };
+    let initial = Registry::decode(&view.initial_members)
+        .map_err(|error| corrupt("bootstrap members", error))?;
+    let members = Registry::decode(&view.members).map_err(|error| corrupt("members", error))?;
+    let advertised = &config.initial_advertise_peer_urls;
+    let Some(member_id) = members.find_by_peer_urls(advertised) else {
+        return Err(BootstrapError::Config(format!(
+            "--initial-cluster-state existing: cluster {:x} has no member with peer URLs {} \
+             (--initial-advertise-peer-urls); add it first, e.g. `etcdctl member add {} \
+             --peer-urls={}`",
+            view.cluster_id,
+            advertised.join(","),
+            config.name,
+            advertised.join(",")
+        )));
+    };
+    for entry in &config.initial_cluster {
+        if members.find_by_peer_urls(&entry.peer_urls).is_none() {
+            return Err(BootstrapError::Config(format!(
+                "--initial-cluster: {}={} is not a member of cluster {:x}",
+                entry.name,
+                entry.peer_urls.join(","),
+                view.cluster_id
+            )));
+        }
+    }
+    if config.initial_cluster.len() != members.members.len() {
+        return Err(BootstrapError::Config(format!(
+            "--initial-cluster lists {} members but cluster {:x} has {}: list every current \
+             member and this one",
+            config.initial_cluster.len(),
+            view.cluster_id,
+            members.members.len()
+        )));
+    }
+    let info = ClusterInfo {
+        cluster_id: view.cluster_id,
+        member_id,
+        initial,
+        joined: Some(members),
+        restarted: false,
+    };
+    write(&cluster_file(&config.data_dir), &info)?;
+    Ok(info)
+}
+
 /// The cluster `--initial-cluster` describes, with this member identified by `--name`.
 pub fn from_flags(config: &ServerConfig) -> Result<ClusterInfo, BootstrapError> {
     let token = &config.initial_cluster_token;
-    let mut members: Vec<MemberInfo> = Vec::new();
+    let mut members: Vec<(u64, String, Vec<String>)> = Vec::new();
     for entry in &config.initial_cluster {
         if entry.name.is_empty() || entry.name.contains(char::is_whitespace) {
             return Err(BootstrapError::Config(format!(
@@ -98,28 +171,24 @@ pub fn from_flags(config: &ServerConfig) -> Result<ClusterInfo, BootstrapError> 
             )));
         }
         let id = ids::member_id(&entry.peer_urls, token);
-        if members.iter().any(|member| member.id == id) {
+        if members.iter().any(|(other, _, _)| *other == id) {
             return Err(BootstrapError::Config(format!(
                 "--initial-cluster: member {} has the same peer URLs as another member",
                 entry.name
             )));
         }
-        members.push(MemberInfo {
-            id,
-            name: entry.name.clone(),
-            peer_urls: entry.peer_urls.clone(),
-            client_urls: Vec::new(),
-            is_learner: false,
-        });
+        members.push((id, entry.name.clone(), entry.peer_urls.clone()));
     }
-    let Some(me) = members.iter_mut().find(|member| member.name == config.name) else {
+    let Some((member_id, _, listed)) = members.iter().find(|(_, name, _)| *name == config.name)
+    else {
         return Err(BootstrapError::Config(format!(
             "--initial-cluster has no member named {:?} (--name)",
             config.name
         )));
     };
+    let member_id = *member_id;
     let mut advertised = config.initial_advertise_peer_urls.clone();
-    let mut listed = me.peer_urls.clone();
+    let mut listed = listed.clone();
     advertised.sort();
     listed.sort();
     if advertised != listed {
@@ -130,13 +199,18 @@ pub fn from_flags(config: &ServerConfig) -> Result<ClusterInfo, BootstrapError> 
             advertised.join(",")
         )));
     }
-    me.client_urls = config.advertise_client_urls.clone();
-    let member_id = me.id;
-    let all: Vec<u64> = members.iter().map(|member| member.id).collect();
+    let all: Vec<u64> = members.iter().map(|(id, _, _)| *id).collect();
+    let initial = Registry {
+        members: members
+            .into_iter()
+            .map(|(id, name, peer_urls)| (id, MemberRecord { name, peer_urls }))
+            .collect(),
+    };
     Ok(ClusterInfo {
         cluster_id: ids::cluster_id(&all),
         member_id,
-        members,
+        initial,
+        joined: None,
         restarted: false,
     })
 }
@@ -152,14 +226,7 @@ fn write(path: &Path, info: &ClusterInfo) -> Result<(), BootstrapError> {
         "skiff-cluster 1\ncluster {:x}\nself {:x}\n",
         info.cluster_id, info.member_id
     );
-    for member in &info.members {
-        text.push_str(&format!(
-            "member {:x} {} {}\n",
-            member.id,
-            member.name,
-            member.peer_urls.join(",")
-        ));
-    }
+    text.push_str(&info.initial.encode());
     let temporary = path.with_extension("tmp");
     let mut file = fs::File::create(&temporary).map_err(io(&temporary))?;
     file.write_all(text.as_bytes()).map_err(io(&temporary))?;
@@ -190,38 +257,28 @@ fn read(path: &Path) -> Result<ClusterInfo, BootstrapError> {
         Some((_, "skiff-cluster 1")) => {}
         _ => return Err(corrupt(0, "not a skiff cluster file (version 1)")),
     }
-    let (mut cluster_id, mut member_id, mut members) = (None, None, Vec::new());
+    let (mut cluster_id, mut member_id, mut initial) = (None, None, Registry::default());
     for (number, line) in lines {
         let mut fields = line.split(' ');
         match fields.next() {
             Some("cluster") => cluster_id = Some(hex(number, fields.next())?),
             Some("self") => member_id = Some(hex(number, fields.next())?),
-            Some("member") => {
-                let id = hex(number, fields.next())?;
-                let name = fields.next().ok_or_else(|| corrupt(number, "no name"))?;
-                let urls = fields
-                    .next()
-                    .ok_or_else(|| corrupt(number, "no peer URLs"))?;
-                members.push(MemberInfo {
-                    id,
-                    name: name.to_string(),
-                    peer_urls: urls.split(',').map(str::to_string).collect(),
-                    client_urls: Vec::new(),
-                    is_learner: false,
-                });
-            }
+            Some("member") => initial
+                .decode_line(line)
+                .map_err(|reason| corrupt(number, &reason))?,
             _ => return Err(corrupt(number, "unknown line")),
         }
     }
     let cluster_id = cluster_id.ok_or_else(|| corrupt(1, "no cluster line"))?;
     let member_id = member_id.ok_or_else(|| corrupt(2, "no self line"))?;
-    if !members.iter().any(|member| member.id == member_id) {
-        return Err(corrupt(2, "this member is not among the members"));
+    if initial.members.is_empty() {
+        return Err(corrupt(3, "no members"));
     }
     Ok(ClusterInfo {
         cluster_id,
         member_id,
-        members,
+        initial,
+        joined: None,
         restarted: true,
     })
 }
@@ -251,7 +308,7 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let first = load_or_create(&config(&dir, "m2")).unwrap();
         assert!(!first.restarted);
-        assert_eq!(first.members.len(), 3);
+        assert_eq!(first.initial.members.len(), 3);
         let mut changed = config(&dir, "m2");
         changed.initial_cluster.truncate(2);
         changed.initial_cluster_token = "other".into();
@@ -259,8 +316,7 @@ mod tests {
         assert!(again.restarted);
         assert_eq!(again.cluster_id, first.cluster_id);
         assert_eq!(again.member_id, first.member_id);
-        let ids = |info: &ClusterInfo| info.members.iter().map(|m| m.id).collect::<Vec<_>>();
-        assert_eq!(ids(&again), ids(&first));
+        assert_eq!(again.initial, first.initial);
         fs::write(cluster_file(&dir), "skiff-cluster 1\ncluster zz\n").unwrap();
         let error = load_or_create(&changed).unwrap_err().to_string();
         assert!(
@@ -283,9 +339,54 @@ mod tests {
         bad.initial_advertise_peer_urls = vec!["http://127.0.0.1:9".into()];
         let error = from_flags(&bad).unwrap_err().to_string();
         assert!(error.contains("--initial-advertise-peer-urls"), "{error}");
-        let mut existing = config(dir, "m1");
-        existing.initial_cluster_state = ClusterState::Existing;
-        existing.data_dir = std::env::temp_dir().join("skiff-bootstrap-never-created");
-        assert!(load_or_create(&existing).is_err());
+    }
+
+    #[test]
+    fn a_joining_member_must_have_been_added_and_list_every_member() {
+        let dir = std::env::temp_dir().join(format!("skiff-join-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let founder = from_flags(&config(&dir, "m1")).unwrap();
+        let mut members = founder.initial.clone();
+        let view = |members: &Registry| ClusterView {
+            cluster_id: founder.cluster_id,
+            member_id: founder.member_id,
+            initial_members: founder.initial.encode(),
+            members: members.encode(),
+        };
+        let mut joiner = config(&dir, "m1");
+        joiner.name = "m4".into();
+        joiner.initial_cluster_state = ClusterState::Existing;
+        joiner.initial_advertise_peer_urls = vec!["http://127.0.0.1:2384".into()];
+        joiner.initial_cluster.push(InitialMember {
+            name: "m4".into(),
+            peer_urls: joiner.initial_advertise_peer_urls.clone(),
+        });
+        assert!(must_join(&joiner));
+        assert_eq!(join_urls(&joiner).len(), 3);
+        let error = join(&joiner, &view(&members)).unwrap_err().to_string();
+        assert!(error.contains("member add"), "{error}");
+
+        members.members.insert(
+            0x44,
+            MemberRecord {
+                name: String::new(),
+                peer_urls: joiner.initial_advertise_peer_urls.clone(),
+            },
+        );
+        let mut short = joiner.clone();
+        short.initial_cluster.remove(0);
+        let error = join(&short, &view(&members)).unwrap_err().to_string();
+        assert!(error.contains("--initial-cluster lists 3"), "{error}");
+
+        let info = join(&joiner, &view(&members)).unwrap();
+        assert_eq!(info.member_id, 0x44);
+        assert_eq!(info.cluster_id, founder.cluster_id);
+        assert_eq!(info.initial, founder.initial);
+        assert_eq!(info.joined, Some(members));
+        assert!(!must_join(&joiner), "the cluster file now exists");
+        let again = load_or_create(&joiner).unwrap();
+        assert!(again.restarted);
+        assert_eq!(again.member_id, 0x44);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod limits;
+pub mod members;
 pub mod metrics;
 pub mod node;
 pub mod server;

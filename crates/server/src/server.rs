@@ -24,7 +24,7 @@ use crate::config::ServerConfig;
 use crate::http::{self, HttpState};
 use crate::limits::limited_incoming;
 use crate::metrics::Metrics;
-use crate::node::{self, ForwardFailure, Forwarder, Node, NodeHandle, NodeOptions};
+use crate::node::{self, ForwardFailure, Forwarder, Node, NodeHandle, NodeOptions, PeerDirectory};
 use crate::transport::{
     self, ForwardFuture, ForwardHandler, PeerIdentity, Transport, TransportEvent, TransportLimits,
 };
@@ -92,13 +92,31 @@ impl Forwarder for TransportForwarder {
     }
 }
 
-/// Answers writes forwarded by peers.
+/// Answers writes forwarded by peers, and joining members' questions.
 struct NodeForwardHandler(NodeHandle);
 
 impl ForwardHandler for NodeForwardHandler {
     fn forward(&self, request: Bytes) -> ForwardFuture {
         let handle = self.0.clone();
         Box::pin(async move { Ok(handle.handle_forward(request).await) })
+    }
+
+    fn cluster_members(&self) -> Option<(String, String)> {
+        Some(self.0.cluster_members())
+    }
+}
+
+/// Configuration changes reach the transport's peer list.
+struct TransportPeers(Transport);
+
+impl PeerDirectory for TransportPeers {
+    fn ensure(&self, id: NodeId, urls: Vec<String>) {
+        self.0.ensure_peer(id, urls);
+    }
+
+    fn remove(&self, id: NodeId) {
+        tracing::info!(peer = %format_args!("{id:x}"), "member left the cluster");
+        self.0.remove_peer(id);
     }
 }
 
@@ -130,7 +148,27 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let cluster = bootstrap::load_or_create(&config)?;
+    let cluster = if bootstrap::must_join(&config) {
+        let urls = bootstrap::join_urls(&config);
+        let view = transport::fetch_cluster(&urls, &TransportLimits::default())
+            .await
+            .map_err(|error| {
+                bootstrap::BootstrapError::Config(format!(
+                    "--initial-cluster-state existing: no member of --initial-cluster \
+                     answered: {error}"
+                ))
+            })?;
+        let cluster = bootstrap::join(&config, &view)?;
+        tracing::info!(
+            member = format_args!("{:x}", cluster.member_id),
+            cluster = format_args!("{:x}", cluster.cluster_id),
+            via = format_args!("{:x}", view.member_id),
+            "joining a running cluster"
+        );
+        cluster
+    } else {
+        bootstrap::load_or_create(&config)?
+    };
     let peer_listeners = bind("--listen-peer-urls", &config.listen_peer).await?;
     let client_listeners = bind("--listen-client-urls", &config.listen_client).await?;
     let metrics_listeners = bind("--listen-metrics-urls", &config.listen_metrics).await?;
@@ -172,11 +210,20 @@ pub async fn run(
         })
     };
     let limits = TransportLimits::default();
+    // The bootstrap members (and, when joining, the members now); the member's log adds
+    // and removes peers from there.
     let peers = cluster
+        .initial
         .members
         .iter()
-        .filter(|member| member.id != cluster.member_id)
-        .map(|member| (member.id, member.peer_urls.clone()))
+        .chain(
+            cluster
+                .joined
+                .iter()
+                .flat_map(|joined| joined.members.iter()),
+        )
+        .filter(|(id, _)| **id != cluster.member_id)
+        .map(|(id, record)| (*id, record.peer_urls.clone()))
         .collect();
     let transport = Transport::start(identity.clone(), peers, sink.clone(), limits.clone());
 
@@ -193,7 +240,10 @@ pub async fn run(
     let options = NodeOptions {
         id: cluster.member_id,
         cluster_id: cluster.cluster_id,
-        members: cluster.members.clone(),
+        initial: cluster.initial.clone(),
+        name: config.name.clone(),
+        client_urls: config.advertise_client_urls.clone(),
+        peers: Arc::new(TransportPeers(transport.clone())),
         wal_dir: node::wal_dir(&config.data_dir),
         snapshot_dir: node::snapshot_dir(&config.data_dir),
         tick: config.heartbeat_interval,
@@ -306,6 +356,8 @@ pub async fn run(
     .await;
     match (failure, stopped) {
         (None, Ok(())) => Ok(()),
+        // Removal is how a member's life ends normally (etcd exits too).
+        (Some(reason), _) if reason == node::REMOVED => Ok(()),
         (Some(reason), _) | (None, Err(reason)) => Err(RunError::Member(reason)),
     }
 }

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use skiff_kv::{KvConfig, Operation, PutRequest, RangeRequest, ResponseBody};
 use skiff_raft::{Message, MessageBody, NodeId};
-use skiff_server::node::{ForwardFailure, Forwarder, Outbound};
+use skiff_server::members::{MemberRecord, MemberRequest, Registry};
+use skiff_server::node::{FixedPeers, ForwardFailure, Forwarder, Outbound};
 use skiff_server::transport::SnapshotInbox;
-use skiff_server::{Backend, MemberInfo, Node, NodeHandle, NodeOptions, ServerError};
+use skiff_server::{Backend, Node, NodeHandle, NodeOptions, ServerError};
 use skiff_storage::StorageConfig;
 
 /// The in-process network: handles of running members, and members cut off. Snapshots are
@@ -136,21 +137,26 @@ impl TestCluster {
     }
 
     fn start(&mut self, id: NodeId) {
-        let members = self
-            .ids
-            .iter()
-            .map(|&id| MemberInfo {
-                id,
-                name: format!("m{id}"),
-                peer_urls: vec![],
-                client_urls: vec![],
-                is_learner: false,
-            })
-            .collect();
+        let initial = Registry {
+            members: self
+                .ids
+                .iter()
+                .map(|&id| {
+                    let record = MemberRecord {
+                        name: format!("m{id}"),
+                        peer_urls: vec![format!("http://m{id}:2380")],
+                    };
+                    (id, record)
+                })
+                .collect(),
+        };
         let options = NodeOptions {
             id,
             cluster_id: 7,
-            members,
+            initial,
+            name: format!("m{id}"),
+            client_urls: vec![],
+            peers: Arc::new(FixedPeers),
             wal_dir: self.dir.join(format!("m{id}")),
             snapshot_dir: self.dir.join(format!("m{id}-snap")),
             tick: Duration::from_millis(10),
@@ -443,4 +449,114 @@ async fn read_everywhere(cluster: &TestCluster, key: &str) -> Vec<Option<String>
         values.push(get_linearizable(&cluster.handle(id), key).await.unwrap());
     }
     values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_are_checked_like_etcds_and_forwarded_to_the_leader() {
+    let cluster = TestCluster::new(3, "membership");
+    let leader = cluster.leader().await;
+    let follower = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .unwrap();
+    let via = cluster.handle(follower);
+    let url = |port: u16| vec![format!("http://m9:{port}")];
+
+    // Through a follower: forwarded to the leader, answered once applied here.
+    let (learner, members) = via
+        .change_members(MemberRequest::Add {
+            peer_urls: url(1),
+            learner: true,
+        })
+        .await
+        .expect("add a learner");
+    let listed = members.iter().find(|m| m.id == learner).expect("listed");
+    assert!(listed.is_learner && listed.name.is_empty(), "{listed:?}");
+    assert_eq!(cluster.handle(leader).members().len(), 4);
+
+    let refused = |request| {
+        let via = via.clone();
+        async move { via.change_members(request).await.unwrap_err() }
+    };
+    assert_eq!(
+        refused(MemberRequest::Add {
+            peer_urls: url(2),
+            learner: true
+        })
+        .await,
+        ServerError::TooManyLearners
+    );
+    assert_eq!(
+        refused(MemberRequest::Add {
+            peer_urls: vec!["m9:2".into()],
+            learner: false
+        })
+        .await,
+        ServerError::MemberBadUrls
+    );
+    // It never started, so its log is far behind.
+    assert_eq!(
+        refused(MemberRequest::Promote { id: learner }).await,
+        ServerError::LearnerNotReady
+    );
+    assert_eq!(
+        refused(MemberRequest::Promote { id: leader }).await,
+        ServerError::MemberNotLearner
+    );
+    assert_eq!(
+        refused(MemberRequest::Remove { id: 12345 }).await,
+        ServerError::MemberNotFound
+    );
+    assert_eq!(
+        refused(MemberRequest::Update {
+            id: follower,
+            peer_urls: url(1)
+        })
+        .await,
+        ServerError::PeerUrlExists
+    );
+    let (_, members) = via
+        .change_members(MemberRequest::Update {
+            id: learner,
+            peer_urls: url(3),
+        })
+        .await
+        .expect("update the learner's URLs");
+    let listed = members.iter().find(|m| m.id == learner).expect("listed");
+    assert_eq!(listed.peer_urls, url(3));
+    via.change_members(MemberRequest::Remove { id: learner })
+        .await
+        .expect("remove the learner");
+    assert_eq!(via.members().len(), 3);
+
+    // A voter cut off: adding a voter now could cost the quorum.
+    let down = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != follower)
+        .unwrap();
+    cluster.net.isolated.lock().unwrap().insert(down);
+    // Unheard-from for two check-quorum rounds (an election timeout each, 100 ms here).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        refused(MemberRequest::Add {
+            peer_urls: url(4),
+            learner: false
+        })
+        .await,
+        ServerError::UnhealthyCluster
+    );
+    // Removing the member that is down is safe, and the two left go on.
+    via.change_members(MemberRequest::Remove { id: down })
+        .await
+        .expect("remove the member that is down");
+    let ids: Vec<NodeId> = via.members().iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(!ids.contains(&down));
+    put(&via, "after", "removal")
+        .await
+        .expect("a put with two members");
 }

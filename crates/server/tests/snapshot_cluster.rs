@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use skiff_kv::{KvConfig, Operation, PutRequest};
 use skiff_raft::NodeId;
-use skiff_server::node::Outbound;
+use skiff_server::members::{MemberRecord, Registry};
+use skiff_server::node::{FixedPeers, Outbound};
 use skiff_server::transport::{
     peer_service_with_snapshots, server_builder, ForwardFuture, ForwardHandler, PeerIdentity,
     SnapshotInbox, Transport, TransportEvent, TransportLimits,
 };
-use skiff_server::{Backend, MemberInfo, Node, NodeHandle, NodeOptions};
+use skiff_server::{Backend, Node, NodeHandle, NodeOptions};
 use skiff_storage::StorageConfig;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -79,20 +80,25 @@ async fn start_member(
         .map(|(peer, url)| (*peer, vec![url.clone()]))
         .collect();
     let transport = Transport::start(identity.clone(), peers, sink.clone(), limits());
-    let members = urls
-        .keys()
-        .map(|&id| MemberInfo {
-            id,
-            name: format!("m{id}"),
-            peer_urls: vec![urls[&id].clone()],
-            client_urls: vec![],
-            is_learner: false,
-        })
-        .collect();
+    let initial = Registry {
+        members: urls
+            .keys()
+            .map(|&id| {
+                let record = MemberRecord {
+                    name: format!("m{id}"),
+                    peer_urls: vec![urls[&id].clone()],
+                };
+                (id, record)
+            })
+            .collect(),
+    };
     let options = NodeOptions {
         id,
         cluster_id: CLUSTER,
-        members,
+        initial,
+        name: format!("m{id}"),
+        client_urls: vec![],
+        peers: Arc::new(FixedPeers),
         wal_dir: dir.join(format!("m{id}")).join("wal"),
         snapshot_dir: dir.join(format!("m{id}")).join("snap"),
         tick: Duration::from_millis(20),

@@ -358,6 +358,9 @@ struct Member {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// For a member added to a running cluster: the `--initial-cluster` it joins with
+    /// (`--initial-cluster-state existing`).
+    join: Option<String>,
 }
 
 /// N members of one kind on loopback, each in its own data directory under one temporary
@@ -427,6 +430,7 @@ impl Cluster {
                     name,
                     child: None,
                     paused: false,
+                    join: None,
                 }
             })
             .collect();
@@ -474,8 +478,16 @@ impl Cluster {
         flag("advertise-client-urls", m.client_url.clone());
         flag("listen-peer-urls", m.peer_url.clone());
         flag("initial-advertise-peer-urls", m.peer_url.clone());
-        flag("initial-cluster", self.initial_cluster());
-        flag("initial-cluster-state", "new".to_string());
+        match &m.join {
+            Some(initial_cluster) => {
+                flag("initial-cluster", initial_cluster.clone());
+                flag("initial-cluster-state", "existing".to_string());
+            }
+            None => {
+                flag("initial-cluster", self.initial_cluster());
+                flag("initial-cluster-state", "new".to_string());
+            }
+        }
         flag("initial-cluster-token", self.options.cluster_token.clone());
         flag("heartbeat-interval", self.options.heartbeat_ms.to_string());
         flag("election-timeout", self.options.election_ms.to_string());
@@ -539,6 +551,62 @@ impl Cluster {
                 ));
             }
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// A new member slot named `name` on fresh ports (not started): its index.
+    pub fn new_member(&mut self, name: &str) -> usize {
+        let ports = free_ports(2);
+        self.members.push(Member {
+            name: name.to_string(),
+            client_url: format!("http://127.0.0.1:{}", ports[0]),
+            peer_url: format!("http://127.0.0.1:{}", ports[1]),
+            data_dir: self.directory.join(format!("{name}.data")),
+            log: self.directory.join(format!("{name}.log")),
+            child: None,
+            paused: false,
+            join: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// Starts a member added with `member add`, joining with `--initial-cluster-state
+    /// existing` and `initial_cluster` (as `member add` printed it). Does not wait: a learner
+    /// never answers `endpoint health`.
+    pub fn start_joining(&mut self, member: usize, initial_cluster: &str) {
+        self.members[member].join = Some(initial_cluster.to_string());
+        self.spawn(member);
+    }
+
+    /// Waits until a member answers `endpoint health` (panics with its log tail if not).
+    pub fn wait_member_healthy(&mut self, member: usize) {
+        let deadline = Instant::now() + self.options.start_timeout;
+        if let Err(error) = self.wait_healthy(member, deadline) {
+            panic!("{error}");
+        }
+    }
+
+    /// The member's log file.
+    pub fn log_path(&self, member: usize) -> &Path {
+        &self.members[member].log
+    }
+
+    /// Waits up to `timeout` for a member to exit by itself; its status then.
+    pub fn wait_exit(
+        &mut self,
+        member: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status(member) {
+                self.members[member].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -720,7 +788,8 @@ impl Cluster {
         )
     }
 
-    /// Member ids (as reported by `etcdctl member list -w json`), in member order.
+    /// Member ids (as reported by `etcdctl member list -w json`), in member order; 0 for a
+    /// member that is not listed by name (not started yet, or removed).
     pub fn member_ids(&self) -> Vec<u64> {
         let output = self.etcdctl(&["member", "list", "-w", "json"]);
         assert!(output.success(), "member list: {}", output.stderr);
@@ -737,7 +806,8 @@ impl Cluster {
                     })
                     .and_then(|m| m.get("ID"))
                     .and_then(json::Value::as_u64)
-                    .unwrap_or_else(|| panic!("no id for {}: {}", self.name(member), output.stdout))
+                    // 0: not a member (yet, or any more).
+                    .unwrap_or(0)
             })
             .collect()
     }

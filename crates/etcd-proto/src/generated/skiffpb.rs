@@ -125,6 +125,30 @@ pub struct SnapshotAck {
     #[prost(bool, tag = "2")]
     pub complete: bool,
 }
+/// Asks a member about its cluster (sent by a member joining with
+/// --initial-cluster-state existing, before it knows the cluster ID).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterRequest {}
+/// A member's view of its cluster. Member lists are in the text form of skiff-server's member
+/// registry: one "member <hex id> <name> <peer-url>\[,<peer-url>...\]" line per member.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterResponse {
+    /// The cluster ID.
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+    /// The answering member's ID.
+    #[prost(uint64, tag = "2")]
+    pub member_id: u64,
+    /// The members the cluster was bootstrapped with (its configuration at index 0).
+    #[prost(string, tag = "3")]
+    pub initial_members: ::prost::alloc::string::String,
+    /// The members as of the answering member's applied index.
+    #[prost(string, tag = "4")]
+    pub members: ::prost::alloc::string::String,
+    /// Version of the stream protocol and message codec the answering member speaks.
+    #[prost(uint32, tag = "5")]
+    pub protocol_version: u32,
+}
 /// Generated client implementations.
 pub mod peer_client {
     #![allow(
@@ -302,6 +326,28 @@ pub mod peer_client {
                 .insert(GrpcMethod::new("skiffpb.Peer", "SnapshotStatus"));
             self.inner.unary(req, path, codec).await
         }
+        /// Describes the callee's cluster.
+        pub async fn cluster(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ClusterRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ClusterResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/skiffpb.Peer/Cluster");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("skiffpb.Peer", "Cluster"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -337,6 +383,11 @@ pub mod peer_server {
             &self,
             request: tonic::Request<super::SnapshotHeader>,
         ) -> std::result::Result<tonic::Response<super::SnapshotAck>, tonic::Status>;
+        /// Describes the callee's cluster.
+        async fn cluster(
+            &self,
+            request: tonic::Request<super::ClusterRequest>,
+        ) -> std::result::Result<tonic::Response<super::ClusterResponse>, tonic::Status>;
     }
     /// The peer service every member serves on its peer URLs.
     #[derive(Debug)]
@@ -576,6 +627,49 @@ pub mod peer_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SnapshotStatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/skiffpb.Peer/Cluster" => {
+                    #[allow(non_camel_case_types)]
+                    struct ClusterSvc<T: Peer>(pub Arc<T>);
+                    impl<T: Peer> tonic::server::UnaryService<super::ClusterRequest>
+                    for ClusterSvc<T> {
+                        type Response = super::ClusterResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ClusterRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Peer>::cluster(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ClusterSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

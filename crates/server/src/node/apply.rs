@@ -11,8 +11,9 @@ use skiff_raft::{Entry, EntryKind, SnapshotMeta};
 
 use super::disk::DiskTask;
 use super::snapshot::ReceivedSnapshot;
-use super::{Internal, Shared};
+use super::{Internal, Reply, Shared};
 use crate::backend::ServerError;
+use crate::members::{self, Registry};
 
 /// Work for the applier, handled in order.
 pub(crate) enum ApplyTask {
@@ -35,6 +36,15 @@ pub(crate) struct Applier {
     /// The configuration in force at the applied index (the last applied configuration
     /// entry, else the snapshot's or the bootstrap one): what a snapshot records.
     pub membership: skiff_raft::Membership,
+    /// The member registry in force at the applied index (what a snapshot starts with).
+    pub registry: Registry,
+}
+
+/// What applying one entry produced for the client waiting on it.
+enum Outcome {
+    Write(skiff_kv::Response),
+    Members,
+    Nothing,
 }
 
 impl Applier {
@@ -68,7 +78,8 @@ impl Applier {
         };
         let mut answers = Vec::with_capacity(entries.len());
         let revision = {
-            let mut store = self.shared.store.write().expect("store lock");
+            let shared = self.shared.clone();
+            let mut store = shared.store.write().expect("store lock");
             for entry in &entries {
                 if entry.index <= store.applied_index() {
                     continue; // covered by a snapshot installed meanwhile
@@ -82,33 +93,33 @@ impl Applier {
                 }
                 let response = match entry.kind {
                     EntryKind::Normal => match Command::decode(&entry.data) {
-                        Ok(command) => Some(store.apply(entry.index, &command).response),
+                        Ok(command) => Outcome::Write(store.apply(entry.index, &command).response),
                         Err(error) => {
                             // Only this server writes entries; an undecodable one is skipped
                             // identically on every member.
                             tracing::error!(index = entry.index, %error, "undecodable entry");
                             store.advance_applied_index(entry.index);
-                            None
+                            Outcome::Nothing
                         }
                     },
                     EntryKind::Noop => {
                         store.advance_applied_index(entry.index);
-                        None
+                        Outcome::Nothing
                     }
                     EntryKind::ConfigChange => {
                         // The configuration in force at the applied index is what a snapshot
                         // taken here must record.
-                        match skiff_raft::decode_membership(&entry.data) {
-                            Ok(membership) => self.membership = membership,
-                            Err(error) => {
-                                return Err(format!(
+                        let membership =
+                            skiff_raft::decode_membership(&entry.data).map_err(|error| {
+                                format!(
                                     "configuration entry {} does not decode: {error}",
                                     entry.index
-                                ))
-                            }
-                        }
+                                )
+                            })?;
+                        let registry = Registry::from_entry(entry);
+                        self.change_members(membership, registry);
                         store.advance_applied_index(entry.index);
-                        None
+                        Outcome::Members
                     }
                 };
                 self.last_applied_term = entry.term;
@@ -122,14 +133,19 @@ impl Applier {
         };
         {
             let mut waiters = self.shared.waiters.lock().expect("waiters lock");
-            for (index, term, response) in answers {
-                if let Some(waiter) = waiters.remove(&index) {
-                    let answer = match response {
-                        Some(response) if waiter.term == term => Ok((index, response)),
-                        // Another entry took this index: the proposal was never committed.
-                        _ => Err(ServerError::LeaderChanged),
-                    };
-                    let _ = waiter.reply.send(answer);
+            for (index, term, outcome) in answers {
+                let Some(waiter) = waiters.remove(&index) else {
+                    continue;
+                };
+                match (waiter.reply, outcome) {
+                    (Reply::Write(reply), Outcome::Write(response)) if waiter.term == term => {
+                        let _ = reply.send(Ok((index, response)));
+                    }
+                    (Reply::Members { member, reply }, Outcome::Members) if waiter.term == term => {
+                        let _ = reply.send(Ok((index, member)));
+                    }
+                    // Another entry took this index: the proposal was never committed.
+                    (reply, _) => reply.fail(ServerError::LeaderChanged),
                 }
             }
         }
@@ -144,7 +160,9 @@ impl Applier {
             bytes = data.len(),
             "restoring a received snapshot"
         );
-        let reader = std::io::BufReader::with_capacity(256 << 10, data.reader());
+        let mut reader = std::io::BufReader::with_capacity(256 << 10, data.reader());
+        let registry = members::read_snapshot_prefix(&mut reader)
+            .map_err(|error| format!("snapshot at {}: {error}", meta.index))?;
         let restored = Store::restore(reader, self.kv_config.clone())
             .map_err(|error| format!("snapshot at {} does not restore: {error}", meta.index))?;
         let revision = restored.current_revision();
@@ -163,14 +181,14 @@ impl Applier {
             *store = restored;
         }
         self.last_applied_term = meta.term;
-        self.membership = meta.membership.clone();
+        self.change_members(meta.membership.clone(), registry);
         {
             // Proposals at or below the snapshot can no longer be matched to their entries.
             let mut waiters = self.shared.waiters.lock().expect("waiters lock");
             let covered: Vec<u64> = waiters.range(..=meta.index).map(|(i, _)| *i).collect();
             for index in covered {
                 let waiter = waiters.remove(&index).expect("listed");
-                let _ = waiter.reply.send(Err(ServerError::LeaderChanged));
+                waiter.reply.fail(ServerError::LeaderChanged);
             }
         }
         self.last_snapshot_index = meta.index;
@@ -217,12 +235,48 @@ impl Applier {
         {
             // Only this thread changes the store: it is still at `index`.
             let store = self.shared.store.read().expect("store lock");
-            if let Err(error) = store.snapshot(&mut writer) {
+            let written = members::write_snapshot_prefix(&self.registry, &mut writer)
+                .map_err(|error| error.to_string())
+                .and_then(|()| {
+                    store
+                        .snapshot(&mut writer)
+                        .map_err(|error| error.to_string())
+                });
+            if let Err(error) = written {
                 tracing::error!(%error, "cannot write a snapshot");
                 return;
             }
         }
         tracing::info!(index, elapsed = ?started.elapsed(), "took a snapshot");
         let _ = self.disk.send(DiskTask::Snapshot { writer });
+    }
+
+    /// A configuration (and the registry that came with it, if any) took effect at the
+    /// applied index: members that left are dropped from the transport, those that came are
+    /// added, and `MemberList` shows the new members. If this member is no longer part of
+    /// the cluster, the event loop is told.
+    fn change_members(&mut self, membership: skiff_raft::Membership, registry: Option<Registry>) {
+        let own = self.shared.id;
+        let was_member = self.membership.contains(own);
+        if let Some(registry) = registry {
+            for id in self.registry.members.keys() {
+                if *id != own && !registry.members.contains_key(id) {
+                    self.shared.peers.remove(*id);
+                }
+            }
+            for (id, record) in &registry.members {
+                self.shared.peers.ensure(*id, record.peer_urls.clone());
+            }
+            self.registry = registry;
+        }
+        self.membership = membership;
+        {
+            let mut view = self.shared.members.lock().expect("members lock");
+            view.registry = self.registry.clone();
+            view.membership = self.membership.clone();
+        }
+        if was_member && !self.membership.contains(own) {
+            let _ = self.internal.send(Internal::Removed);
+        }
     }
 }

@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use skiff_kv::{Command, Operation};
-use skiff_raft::{MessageBody, RaftError, RawNode, Role};
+use skiff_raft::{MembershipChange, MembershipStep, MessageBody, NodeId, RaftError, RawNode, Role};
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::ApplyTask;
 use super::disk::DiskTask;
 use super::snapshot::{local_token, ReceivedSnapshot};
-use super::{now_ms, Event, Internal, Outbound, Shared, Waiter};
+use super::{now_ms, Event, Internal, Outbound, Reply, Shared, Waiter, REMOVED};
 use crate::backend::{NodeStatus, ServerError};
+use crate::members::{self, MemberRecord, MemberRequest, RegistryLog};
 
 /// Most events handled in one turn before the core's output is processed.
 const MAX_EVENTS_PER_TURN: usize = 4096;
@@ -28,6 +29,10 @@ const MAX_EVENTS_PER_TURN: usize = 4096;
 const LEASE_CHECK_TICKS: u64 = 5;
 /// Most leases one expiry command revokes.
 const MAX_EXPIRED_PER_COMMAND: u32 = 1000;
+/// etcd promotes a learner once its log holds this share of the leader's.
+const LEARNER_READY_PERCENT: f64 = 0.9;
+/// etcd allows this many learners at a time.
+const MAX_LEARNERS: usize = 1;
 
 pub(crate) struct EventLoop {
     raw: RawNode,
@@ -51,6 +56,11 @@ pub(crate) struct EventLoop {
     /// Index of the last lease-expiry proposal: no new one until it is applied.
     expiry_in_flight: u64,
     applied: u64,
+    /// The member registry in force, following the log (see [`RegistryLog`]).
+    registry: RegistryLog,
+    /// Tick at which this member learned it was removed; it stops a little later (time
+    /// enough to hand leadership over and to tell the others the removal committed).
+    removed_at: Option<u64>,
 }
 
 impl EventLoop {
@@ -65,6 +75,7 @@ impl EventLoop {
         outbound: Outbound,
         wal_dir: PathBuf,
         snapshot_dir: PathBuf,
+        registry: RegistryLog,
     ) -> EventLoop {
         let applied = raw.status().applied;
         EventLoop {
@@ -84,6 +95,8 @@ impl EventLoop {
             ticks: 0,
             expiry_in_flight: 0,
             applied,
+            registry,
+            removed_at: None,
         }
     }
 
@@ -113,7 +126,14 @@ impl EventLoop {
                     }
                     None => break Err("log writer and applier stopped".into()),
                 },
-                _ = ticker.tick() => self.on_tick(),
+                _ = ticker.tick() => {
+                    self.on_tick();
+                    let linger = 2 * u64::from(self.raw.config().election_ticks);
+                    if self.removed_at.is_some_and(|at| self.ticks >= at + linger) {
+                        tracing::warn!(member = format_args!("{:x}", self.shared.id), "{REMOVED}; stopping");
+                        break Err(REMOVED.into());
+                    }
+                }
                 event = self.events.recv() => match event {
                     Some(event) => {
                         self.on_event(event);
@@ -152,7 +172,11 @@ impl EventLoop {
                 if index > self.applied {
                     self.applied = index;
                     self.raw.on_applied(index);
+                    self.registry.applied(index);
                 }
+            }
+            Internal::Removed => {
+                self.removed_at.get_or_insert(self.ticks);
             }
             Internal::Compacted { meta } => {
                 if meta.index > self.raw.status().first_index.saturating_sub(1) {
@@ -233,12 +257,22 @@ impl EventLoop {
                 }
                 Err(error) => {
                     self.shared.metrics.proposals_failed.inc();
-                    let _ = reply.send(Err(match error {
+                    reply.fail(match error {
                         RaftError::NotLeader { .. } | RaftError::TransferInProgress => {
                             ServerError::NotLeader
                         }
                         _ => ServerError::TooManyRequests,
-                    }));
+                    });
+                }
+            },
+            Event::ChangeMembers { request, reply } => match self.change_members(request) {
+                Ok((index, term, member)) => {
+                    let mut waiters = self.shared.waiters.lock().expect("waiters lock");
+                    let reply = Reply::Members { member, reply };
+                    waiters.insert(index, Waiter { term, reply });
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
                 }
             },
             Event::ReadIndex { reply } => {
@@ -291,10 +325,18 @@ impl EventLoop {
                     let _ = self
                         .apply
                         .send(ApplyTask::Restore(meta.clone(), received.clone()));
+                    self.install_registry(&received);
                     Some((meta, received))
                 }
                 None => None,
             };
+            // Members added by configuration entries must be reachable before the messages
+            // and acknowledgements for them go out.
+            for registry in self.registry.append(&ready.entries) {
+                for (id, record) in &registry.members {
+                    self.shared.peers.ensure(*id, record.peer_urls.clone());
+                }
+            }
             let mut messages = ready.messages;
             self.attach_snapshots(&mut messages);
             if !messages.is_empty() {
@@ -386,7 +428,7 @@ impl EventLoop {
             raft_term: status.term,
             raft_index: status.commit,
             raft_applied_index: self.applied,
-            is_learner: false,
+            is_learner: status.membership.learners.contains(&self.shared.id),
         };
         self.shared.status.send_if_modified(|current| {
             if *current == next {
@@ -397,4 +439,168 @@ impl EventLoop {
             }
         });
     }
+
+    /// The registry a snapshot being installed starts with: its members become reachable.
+    fn install_registry(&mut self, received: &ReceivedSnapshot) {
+        let mut reader = std::io::BufReader::with_capacity(64 << 10, received.reader());
+        match members::read_snapshot_prefix(&mut reader) {
+            Ok(Some(registry)) => {
+                for (id, record) in &registry.members {
+                    self.shared.peers.ensure(*id, record.peer_urls.clone());
+                }
+                self.registry.install(registry);
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "snapshot's member registry does not read"),
+        }
+    }
+
+    /// Checks a membership change as etcd does (its strict reconfiguration checks) and
+    /// proposes it: `(index, term, member)` of its configuration entry. Only on the leader.
+    fn change_members(
+        &mut self,
+        request: MemberRequest,
+    ) -> Result<(u64, u64, NodeId), ServerError> {
+        let status = self.raw.status();
+        if status.role != Role::Leader {
+            return Err(ServerError::NotLeader);
+        }
+        let own = self.shared.id;
+        let membership = &status.membership;
+        let mut registry = self.registry.current().clone();
+        let view = self.shared.members.lock().expect("members lock");
+        // Names learned from the members themselves are replicated with the change.
+        for (id, record) in registry.members.iter_mut() {
+            if let Some((name, _)) = view.heard.get(id) {
+                record.name.clone_from(name);
+            }
+        }
+        let started = |id: &NodeId| view.started(*id);
+        let active = |id: &NodeId| *id == own || status.recently_active.contains(id);
+        let quorum = |voters: usize| voters / 2 + 1;
+        let voters = &membership.voters;
+        let (step, member) = match request {
+            MemberRequest::Add { peer_urls, learner } => {
+                // etcd derives a new member's ID from its peer URLs and the current second,
+                // and checks the ID before the URLs.
+                let id = new_member_id(&peer_urls);
+                if registry.members.contains_key(&id) || membership.contains(id) {
+                    return Err(ServerError::MemberIdExists);
+                }
+                if registry.url_in_use(&peer_urls, None) {
+                    return Err(ServerError::PeerUrlExists);
+                }
+                if learner {
+                    if membership.learners.len() >= MAX_LEARNERS {
+                        return Err(ServerError::TooManyLearners);
+                    }
+                } else {
+                    if voters.iter().filter(|id| started(id)).count() < quorum(voters.len() + 1) {
+                        return Err(ServerError::NotEnoughStartedMembers);
+                    }
+                    if !voters.iter().all(active) {
+                        return Err(ServerError::UnhealthyCluster);
+                    }
+                }
+                registry.members.insert(
+                    id,
+                    MemberRecord {
+                        name: String::new(),
+                        peer_urls,
+                    },
+                );
+                let step = if learner {
+                    MembershipStep::AddLearner(id)
+                } else {
+                    MembershipStep::AddVoter(id)
+                };
+                (Some(step), id)
+            }
+            MemberRequest::Remove { id } => {
+                if !membership.contains(id) && !registry.members.contains_key(&id) {
+                    return Err(ServerError::MemberNotFound);
+                }
+                if voters.contains(&id) {
+                    let remaining = voters.iter().filter(|voter| **voter != id);
+                    if remaining.clone().filter(|id| started(id)).count() < quorum(voters.len() - 1)
+                    {
+                        return Err(ServerError::NotEnoughStartedMembers);
+                    }
+                    // A member that is down is not part of the active quorum: removing it is
+                    // safe. Otherwise the others must still make a quorum without it.
+                    if (id == own || active(&id))
+                        && voters.iter().filter(|id| active(id)).count() - 1
+                            < quorum(voters.len() - 1)
+                    {
+                        return Err(ServerError::UnhealthyCluster);
+                    }
+                }
+                registry.members.remove(&id);
+                let step = membership
+                    .contains(id)
+                    .then_some(MembershipStep::Remove(id));
+                (step, id)
+            }
+            MemberRequest::Promote { id } => {
+                if !membership.contains(id) {
+                    return Err(ServerError::MemberNotFound);
+                }
+                if !membership.learners.contains(&id) {
+                    return Err(ServerError::MemberNotLearner);
+                }
+                let leader_match = status
+                    .match_indexes
+                    .get(&own)
+                    .copied()
+                    .unwrap_or(status.last_index);
+                let learner_match = status.match_indexes.get(&id).copied().unwrap_or(0);
+                if (learner_match as f64) < leader_match as f64 * LEARNER_READY_PERCENT {
+                    return Err(ServerError::LearnerNotReady);
+                }
+                // The learner counts as started, for the quorum it will be part of.
+                if voters.iter().filter(|id| started(id)).count() + 1 < quorum(voters.len() + 1) {
+                    return Err(ServerError::NotEnoughStartedMembers);
+                }
+                (Some(MembershipStep::PromoteLearner(id)), id)
+            }
+            MemberRequest::Update { id, peer_urls } => {
+                if registry.url_in_use(&peer_urls, Some(id)) {
+                    return Err(ServerError::PeerUrlExists);
+                }
+                let Some(record) = registry.members.get_mut(&id) else {
+                    return Err(ServerError::MemberNotFound);
+                };
+                record.peer_urls = peer_urls;
+                (None, id)
+            }
+        };
+        drop(view);
+        let change =
+            MembershipChange::new(step).with_context(bytes::Bytes::from(registry.encode()));
+        match self.raw.propose_membership(change) {
+            Ok((index, term)) => {
+                tracing::info!(
+                    index,
+                    member = format_args!("{member:x}"),
+                    "proposed a membership change"
+                );
+                Ok((index, term, member))
+            }
+            Err(RaftError::NotLeader { .. }) => Err(ServerError::NotLeader),
+            Err(RaftError::MembershipChangePending | RaftError::TransferInProgress) => {
+                Err(ServerError::ConfigChangePending)
+            }
+            Err(error) => Err(ServerError::Internal(format!(
+                "membership change refused: {error}"
+            ))),
+        }
+    }
+}
+
+/// The ID of a member added now with `peer_urls`: derived from the URLs and the current
+/// second, as etcd derives it (so re-adding the same URLs within a second collides, as in
+/// etcd).
+fn new_member_id(peer_urls: &[String]) -> NodeId {
+    let second = now_ms().div_euclid(1000);
+    crate::ids::member_id(peer_urls, &second.to_string()).max(1)
 }

@@ -37,16 +37,74 @@ pub trait Forwarder: Send + Sync + 'static {
 const OK: u8 = 0;
 const ERROR: u8 = 1;
 
+/// Errors that travel by code (any other travels as its message, as an internal error).
+const CODED_ERRORS: [ServerError; 18] = [
+    ServerError::NoLeader,
+    ServerError::LeaderChanged,
+    ServerError::Timeout,
+    ServerError::Stopped,
+    ServerError::TooManyRequests,
+    ServerError::BadLeaderTransferee,
+    ServerError::NotLeader,
+    ServerError::MemberNotFound,
+    ServerError::PeerUrlExists,
+    ServerError::MemberBadUrls,
+    ServerError::NotEnoughStartedMembers,
+    ServerError::UnhealthyCluster,
+    ServerError::MemberNotLearner,
+    ServerError::LearnerNotReady,
+    ServerError::TooManyLearners,
+    ServerError::NotSupportedForLearner,
+    ServerError::ConfigChangePending,
+    ServerError::MemberIdExists,
+];
+
 fn error_code(error: &ServerError) -> u8 {
-    match error {
-        ServerError::Kv(_) | ServerError::Internal(_) => 0,
-        ServerError::NoLeader => 1,
-        ServerError::LeaderChanged => 2,
-        ServerError::Timeout => 3,
-        ServerError::Stopped => 4,
-        ServerError::TooManyRequests => 5,
-        ServerError::BadLeaderTransferee => 6,
-        ServerError::NotLeader => 7,
+    CODED_ERRORS
+        .iter()
+        .position(|coded| coded == error)
+        .map_or(0, |position| position as u8 + 1)
+}
+
+fn encode_error(out: &mut Vec<u8>, error: &ServerError) {
+    out.push(ERROR);
+    out.push(error_code(error));
+    out.extend_from_slice(error.to_string().as_bytes());
+}
+
+fn decode_error(rest: &[u8]) -> ServerError {
+    match CODED_ERRORS.get((rest[0] as usize).wrapping_sub(1)) {
+        Some(error) => error.clone(),
+        None => ServerError::Internal(String::from_utf8_lossy(&rest[1..]).into_owned()),
+    }
+}
+
+/// Encodes the leader's answer to a forwarded membership request: the index of the
+/// configuration entry and the member it concerns.
+pub(crate) fn encode_member_answer(answer: &Result<(u64, u64), ServerError>) -> Bytes {
+    let mut out = Vec::new();
+    match answer {
+        Ok((index, member)) => {
+            out.push(OK);
+            out.extend_from_slice(&index.to_be_bytes());
+            out.extend_from_slice(&member.to_be_bytes());
+        }
+        Err(error) => encode_error(&mut out, error),
+    }
+    Bytes::from(out)
+}
+
+/// Decodes an answer written by [`encode_member_answer`].
+pub(crate) fn decode_member_answer(bytes: &[u8]) -> Result<(u64, u64), ServerError> {
+    match bytes.split_first() {
+        Some((&OK, rest)) if rest.len() == 16 => Ok((
+            u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")),
+            u64::from_be_bytes(rest[8..].try_into().expect("8 bytes")),
+        )),
+        Some((&ERROR, rest)) if !rest.is_empty() => Err(decode_error(rest)),
+        _ => Err(ServerError::Internal(
+            "undecodable answer from the leader".into(),
+        )),
     }
 }
 
@@ -59,11 +117,7 @@ pub(crate) fn encode_answer(answer: &Result<(u64, Response), ServerError>) -> By
             out.extend_from_slice(&index.to_be_bytes());
             out.extend_from_slice(&response.encode());
         }
-        Err(error) => {
-            out.push(ERROR);
-            out.push(error_code(error));
-            out.extend_from_slice(error.to_string().as_bytes());
-        }
+        Err(error) => encode_error(&mut out, error),
     }
     Bytes::from(out)
 }
@@ -77,16 +131,7 @@ pub(crate) fn decode_answer(bytes: &[u8]) -> Result<(u64, Response), ServerError
             let response = Response::decode(&rest[8..]).map_err(|_| bad())?;
             Ok((index, response))
         }
-        Some((&ERROR, rest)) if !rest.is_empty() => Err(match rest[0] {
-            1 => ServerError::NoLeader,
-            2 => ServerError::LeaderChanged,
-            3 => ServerError::Timeout,
-            4 => ServerError::Stopped,
-            5 => ServerError::TooManyRequests,
-            6 => ServerError::BadLeaderTransferee,
-            7 => ServerError::NotLeader,
-            _ => ServerError::Internal(String::from_utf8_lossy(&rest[1..]).into_owned()),
-        }),
+        Some((&ERROR, rest)) if !rest.is_empty() => Err(decode_error(rest)),
         _ => Err(bad()),
     }
 }
@@ -114,26 +159,32 @@ mod tests {
             },
         ));
         assert_eq!(decode_answer(&encode_answer(&refused)), refused);
-        for error in [
-            ServerError::NoLeader,
-            ServerError::LeaderChanged,
-            ServerError::Timeout,
-            ServerError::Stopped,
-            ServerError::TooManyRequests,
-            ServerError::BadLeaderTransferee,
-            ServerError::NotLeader,
-        ] {
+        for error in CODED_ERRORS {
             assert_eq!(
                 decode_answer(&encode_answer(&Err(error.clone()))),
+                Err(error.clone())
+            );
+            assert_eq!(
+                decode_member_answer(&encode_member_answer(&Err(error.clone()))),
                 Err(error)
             );
         }
+        let internal = ServerError::Internal("disk".into());
+        assert_eq!(
+            decode_answer(&encode_answer(&Err(internal.clone()))),
+            Err(ServerError::Internal("etcdserver: disk".into()))
+        );
+        assert_eq!(
+            decode_member_answer(&encode_member_answer(&Ok((7, u64::MAX)))),
+            Ok((7, u64::MAX))
+        );
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for bytes in [&b""[..], &[0], &[0, 1, 2], &[1], &[9, 9, 9]] {
+        for bytes in [&b""[..], &[0], &[0, 1, 2], &[1], &[9, 9, 9], &[1, 200]] {
             assert!(decode_answer(bytes).is_err());
+            assert!(decode_member_answer(bytes).is_err());
         }
     }
 }

@@ -34,6 +34,7 @@ use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::{Backend, MemberInfo, NodeStatus, ServerError};
+use crate::members::{self, MemberRequest, Registry, RegistryLog};
 use crate::metrics::Metrics;
 
 pub use forward::{ForwardFailure, Forwarder};
@@ -41,14 +42,40 @@ pub use forward::{ForwardFailure, Forwarder};
 /// Sends messages to peers; must not block (the transport queues or drops).
 pub type Outbound = Arc<dyn Fn(Vec<Message>) + Send + Sync>;
 
+/// Where the member keeps the transport's list of peers current as configuration changes
+/// add, move and remove members. Called from the event loop and the applier; must not block.
+pub trait PeerDirectory: Send + Sync + 'static {
+    /// Makes sure `id` is reachable at `urls` (a no-op when it already is).
+    fn ensure(&self, id: NodeId, urls: Vec<String>);
+    /// Forgets `id` (it left the cluster).
+    fn remove(&self, id: NodeId);
+}
+
+/// A [`PeerDirectory`] for members whose peers are fixed (in-process tests).
+pub struct FixedPeers;
+
+impl PeerDirectory for FixedPeers {
+    fn ensure(&self, _id: NodeId, _urls: Vec<String>) {}
+    fn remove(&self, _id: NodeId) {}
+}
+
+/// Why a member stopped when the cluster removed it (a normal end, not a failure).
+pub const REMOVED: &str = "this member was removed from the cluster";
+
 /// Everything a member needs to start, already resolved from flags and the data directory.
 pub struct NodeOptions {
     /// This member.
     pub id: NodeId,
     /// The cluster.
     pub cluster_id: u64,
-    /// Every member, this one included.
-    pub members: Vec<MemberInfo>,
+    /// The members the cluster was bootstrapped with (its configuration at index 0).
+    pub initial: Registry,
+    /// This member's `--name`.
+    pub name: String,
+    /// This member's `--advertise-client-urls`.
+    pub client_urls: Vec<String>,
+    /// Keeps the transport's peers current.
+    pub peers: Arc<dyn PeerDirectory>,
     /// Where the log and snapshots live.
     pub wal_dir: PathBuf,
     /// Where snapshots received from the leader arrive: the directory of the peer service's
@@ -73,9 +100,18 @@ pub struct NodeOptions {
 /// Messages from the log writer and the applier to the event loop (unbounded: their volume is
 /// bounded by the core's flow control).
 pub(crate) enum Internal {
-    Persisted { index: u64, term: u64 },
-    Applied { index: u64 },
-    Compacted { meta: SnapshotMeta },
+    Persisted {
+        index: u64,
+        term: u64,
+    },
+    Applied {
+        index: u64,
+    },
+    Compacted {
+        meta: SnapshotMeta,
+    },
+    /// The applied configuration no longer includes this member.
+    Removed,
     Fatal(String),
 }
 
@@ -89,7 +125,7 @@ pub(crate) enum Event {
     },
     Propose {
         data: Bytes,
-        reply: oneshot::Sender<Result<(u64, Response), ServerError>>,
+        reply: Reply,
     },
     ReadIndex {
         reply: oneshot::Sender<Result<u64, ServerError>>,
@@ -98,12 +134,84 @@ pub(crate) enum Event {
         target: NodeId,
         reply: oneshot::Sender<Result<(), ServerError>>,
     },
+    /// A membership change, answered with the index of its configuration entry and the
+    /// member it concerns once applied here.
+    ChangeMembers {
+        request: MemberRequest,
+        reply: oneshot::Sender<Result<(u64, u64), ServerError>>,
+    },
+}
+
+/// How a waiting client is answered.
+pub(crate) enum Reply {
+    /// A write: the state machine's response.
+    Write(oneshot::Sender<Result<(u64, Response), ServerError>>),
+    /// A membership change: the entry's index and the member it concerns.
+    Members {
+        member: u64,
+        reply: oneshot::Sender<Result<(u64, u64), ServerError>>,
+    },
+}
+
+impl Reply {
+    /// Answers with an error.
+    pub fn fail(self, error: ServerError) {
+        match self {
+            Reply::Write(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Reply::Members { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// A client waiting for its proposal at `index` (of `term`) to be applied.
 pub(crate) struct Waiter {
     term: u64,
-    reply: oneshot::Sender<Result<(u64, Response), ServerError>>,
+    reply: Reply,
+}
+
+/// The members as applied: the registry, the configuration, and what members told about
+/// themselves when they connected (their names and client URLs).
+pub(crate) struct MemberView {
+    registry: Registry,
+    membership: Membership,
+    heard: BTreeMap<NodeId, (String, Vec<String>)>,
+}
+
+impl MemberView {
+    /// The members as `MemberList` shows them.
+    fn list(&self) -> Vec<MemberInfo> {
+        self.registry
+            .members
+            .iter()
+            .map(|(id, record)| {
+                let (name, client_urls) = match self.heard.get(id) {
+                    Some((name, urls)) => (name.clone(), urls.clone()),
+                    None => (record.name.clone(), Vec::new()),
+                };
+                MemberInfo {
+                    id: *id,
+                    name,
+                    peer_urls: record.peer_urls.clone(),
+                    client_urls,
+                    is_learner: self.membership.learners.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// True if `id` has started, as etcd counts it: its name is known.
+    fn started(&self, id: NodeId) -> bool {
+        self.heard.contains_key(&id)
+            || self
+                .registry
+                .members
+                .get(&id)
+                .is_some_and(|record| !record.name.is_empty())
+    }
 }
 
 /// State shared by the handle, the event loop and the applier.
@@ -116,7 +224,9 @@ pub(crate) struct Shared {
     applied: watch::Sender<u64>,
     revision: watch::Sender<i64>,
     status: watch::Sender<NodeStatus>,
-    members: Mutex<BTreeMap<NodeId, MemberInfo>>,
+    members: Mutex<MemberView>,
+    initial_members: Registry,
+    peers: Arc<dyn PeerDirectory>,
     forwarder: Mutex<Option<Arc<dyn Forwarder>>>,
     request_timeout: Duration,
     tick: Duration,
@@ -155,8 +265,16 @@ impl Node {
         let file_system = OsFileSystem::new(&options.wal_dir).map_err(|error| error.to_string())?;
         let (storage, recovered) = FileStorage::open(file_system, options.storage_config.clone())
             .map_err(|error| error.to_string())?;
-        let membership = Membership::new(options.members.iter().map(|member| member.id));
-        let store = recover_store(&storage, &options.kv_config)?;
+        let membership = Membership::new(options.initial.members.keys().copied());
+        let (store, snapshot_registry) = recover_store(&storage, &options.kv_config)?;
+        let applied_registry = snapshot_registry.unwrap_or_else(|| options.initial.clone());
+        let mut registry_log = RegistryLog::new(applied_registry.clone());
+        registry_log.append(&recovered.entries);
+        for registry in [&applied_registry, registry_log.current()] {
+            for (id, record) in &registry.members {
+                options.peers.ensure(*id, record.peer_urls.clone());
+            }
+        }
         let applied = store.applied_index();
         let revision = store.current_revision();
         let applied_term = recovered.snapshot.as_ref().map_or(0, |meta| meta.term);
@@ -191,11 +309,14 @@ impl Node {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
         let (apply_tx, apply_rx) = std::sync::mpsc::channel();
-        let members = options
-            .members
-            .iter()
-            .map(|member| (member.id, member.clone()))
-            .collect();
+        let members = MemberView {
+            registry: applied_registry.clone(),
+            membership: recovered_membership.clone(),
+            heard: BTreeMap::from([(
+                options.id,
+                (options.name.clone(), options.client_urls.clone()),
+            )]),
+        };
         let shared = Arc::new(Shared {
             id: options.id,
             cluster_id: options.cluster_id,
@@ -212,6 +333,8 @@ impl Node {
             })
             .0,
             members: Mutex::new(members),
+            initial_members: options.initial.clone(),
+            peers: options.peers.clone(),
             forwarder: Mutex::new(None),
             request_timeout: options.request_timeout,
             tick: options.tick,
@@ -248,6 +371,7 @@ impl Node {
             last_applied_term: applied_term,
             // The store reflects the snapshot: its configuration until the log says otherwise.
             membership: recovered_membership,
+            registry: applied_registry,
         };
         let apply_thread = std::thread::Builder::new()
             .name("skiff-apply".into())
@@ -264,6 +388,7 @@ impl Node {
             outbound,
             options.wal_dir.clone(),
             options.snapshot_dir.clone(),
+            registry_log,
         );
         let loop_task = tokio::spawn(event_loop.run(options.tick));
         Ok(Node {
@@ -297,12 +422,21 @@ impl Node {
     }
 }
 
-/// Streams the newest snapshot, if any, into a store; else an empty store.
-fn recover_store(storage: &FileStorage, config: &KvConfig) -> Result<Store, String> {
+/// Streams the newest snapshot, if any, into a store (with the member registry it starts
+/// with); else an empty store.
+fn recover_store(
+    storage: &FileStorage,
+    config: &KvConfig,
+) -> Result<(Store, Option<Registry>), String> {
     match storage.open_snapshot().map_err(|error| error.to_string())? {
-        None => Store::new(config.clone()).map_err(|error| error.to_string()),
+        None => Ok((
+            Store::new(config.clone()).map_err(|error| error.to_string())?,
+            None,
+        )),
         Some((meta, reader)) => {
-            let reader = std::io::BufReader::with_capacity(256 << 10, reader);
+            let mut reader = std::io::BufReader::with_capacity(256 << 10, reader);
+            let registry = members::read_snapshot_prefix(&mut reader)
+                .map_err(|error| format!("snapshot {}: {error}", meta.index))?;
             let store = Store::restore(reader, config.clone())
                 .map_err(|error| format!("snapshot {} does not restore: {error}", meta.index))?;
             if store.applied_index() != meta.index {
@@ -312,7 +446,7 @@ fn recover_store(storage: &FileStorage, config: &KvConfig) -> Result<Store, Stri
                     store.applied_index()
                 ));
             }
-            Ok(store)
+            Ok((store, registry))
         }
     }
 }
@@ -366,10 +500,17 @@ impl NodeHandle {
     /// Records what a peer told about itself (name and client URLs).
     pub fn update_member(&self, id: NodeId, name: String, client_urls: Vec<String>) {
         let mut members = self.shared.members.lock().expect("members lock");
-        if let Some(member) = members.get_mut(&id) {
-            member.name = name;
-            member.client_urls = client_urls;
-        }
+        members.heard.insert(id, (name, client_urls));
+    }
+
+    /// The bootstrap members and the members now (as applied here), in the member
+    /// registry's text form: what a joining member asks for.
+    pub fn cluster_members(&self) -> (String, String) {
+        let members = self.shared.members.lock().expect("members lock");
+        (
+            self.shared.initial_members.encode(),
+            members.registry.encode(),
+        )
     }
 
     /// Sets how writes reach the leader from this member.
@@ -436,7 +577,11 @@ impl NodeHandle {
         self.fill_leader_fields(&mut command.operation);
         let data = Bytes::from(command.encode());
         let (reply, answer) = oneshot::channel();
-        self.send_event(Event::Propose { data, reply }).await?;
+        self.send_event(Event::Propose {
+            data,
+            reply: Reply::Write(reply),
+        })
+        .await?;
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ServerError::Stopped),
@@ -460,8 +605,68 @@ impl NodeHandle {
         operation.set_leader_time(now_ms());
     }
 
-    /// Answers a write forwarded by another member: propose it here if this member leads.
+    /// Sends a request to the leader over the peer transport: its answer, or why none came
+    /// (`NotLeader`: surely not delivered; `Timeout`: it may have been).
+    async fn forward_to(
+        &self,
+        leader: NodeId,
+        request: Bytes,
+        deadline: Instant,
+    ) -> Result<Bytes, ServerError> {
+        let forwarder = self.shared.forwarder.lock().expect("lock").clone();
+        let Some(forwarder) = forwarder else {
+            return Err(ServerError::NoLeader);
+        };
+        let budget = deadline.saturating_duration_since(Instant::now());
+        match forwarder.forward(leader, request, budget).await {
+            Ok(answer) => Ok(answer),
+            Err(ForwardFailure::NotDelivered) => Err(ServerError::NotLeader),
+            Err(ForwardFailure::Unknown) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// A learner serves serializable reads, status and the member list only (as etcd's).
+    fn refuse_on_learner(&self) -> Result<(), ServerError> {
+        if self.shared.status.borrow().is_learner {
+            Err(ServerError::NotSupportedForLearner)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Proposes a membership change on this member, which believes it leads: the index of
+    /// its configuration entry and the member it concerns. `Err(NotLeader)` means surely
+    /// not proposed.
+    async fn change_members_here(
+        &self,
+        request: MemberRequest,
+        deadline: Instant,
+    ) -> Result<(u64, u64), ServerError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_event(Event::ChangeMembers { request, reply })
+            .await?;
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// Answers a request forwarded by another member (a write or a membership change):
+    /// carry it out here if this member leads.
     pub async fn handle_forward(&self, request: Bytes) -> Bytes {
+        if request.first() == Some(&members::MEMBER_REQUEST_TAG) {
+            let answer = match MemberRequest::decode(&request) {
+                None => Err(ServerError::Internal(
+                    "bad forwarded membership request".into(),
+                )),
+                Some(_) if self.shared.status.borrow().leader != self.shared.id => {
+                    Err(ServerError::NotLeader)
+                }
+                Some(request) => self.change_members_here(request, self.deadline()).await,
+            };
+            return forward::encode_member_answer(&answer);
+        }
         let answer = match Command::decode(&request) {
             Err(error) => Err(ServerError::Internal(format!(
                 "bad forwarded command: {error}"
@@ -481,6 +686,7 @@ impl NodeHandle {
 
 impl Backend for NodeHandle {
     async fn propose(&self, operation: Operation) -> Result<Response, ServerError> {
+        self.refuse_on_learner()?;
         let deadline = self.deadline();
         let mut operation = operation;
         if let Operation::LeaseGrant { id, .. } = &mut operation {
@@ -509,19 +715,9 @@ impl Backend for NodeHandle {
             let result = if leader == self.shared.id {
                 self.propose_here(command.clone(), deadline).await
             } else {
-                let forwarder = self.shared.forwarder.lock().expect("lock").clone();
-                let Some(forwarder) = forwarder else {
-                    return Err(ServerError::NoLeader);
-                };
-                let budget = deadline.saturating_duration_since(Instant::now());
-                match forwarder
-                    .forward(leader, Bytes::from(command.encode()), budget)
+                self.forward_to(leader, Bytes::from(command.encode()), deadline)
                     .await
-                {
-                    Ok(answer) => forward::decode_answer(&answer),
-                    Err(ForwardFailure::NotDelivered) => Err(ServerError::NotLeader),
-                    Err(ForwardFailure::Unknown) => Err(ServerError::Timeout),
-                }
+                    .and_then(|answer| forward::decode_answer(&answer))
             };
             match result {
                 Ok((index, response)) => {
@@ -550,6 +746,7 @@ impl Backend for NodeHandle {
     }
 
     async fn read_barrier(&self) -> Result<(), ServerError> {
+        self.refuse_on_learner()?;
         let deadline = self.deadline();
         loop {
             let (reply, answer) = oneshot::channel();
@@ -587,13 +784,52 @@ impl Backend for NodeHandle {
     }
 
     fn members(&self) -> Vec<MemberInfo> {
-        self.shared
-            .members
-            .lock()
-            .expect("members lock")
-            .values()
-            .cloned()
-            .collect()
+        self.shared.members.lock().expect("members lock").list()
+    }
+
+    async fn change_members(
+        &self,
+        request: MemberRequest,
+    ) -> Result<(u64, Vec<MemberInfo>), ServerError> {
+        if let MemberRequest::Add { peer_urls, .. } | MemberRequest::Update { peer_urls, .. } =
+            &request
+        {
+            if !members::valid_peer_urls(peer_urls) {
+                return Err(ServerError::MemberBadUrls);
+            }
+        }
+        let deadline = self.deadline();
+        loop {
+            let leader = self.shared.status.borrow().leader;
+            let result = if leader == 0 {
+                Err(ServerError::NoLeader)
+            } else if leader == self.shared.id {
+                self.change_members_here(request.clone(), deadline).await
+            } else {
+                self.forward_to(leader, Bytes::from(request.encode()), deadline)
+                    .await
+                    .and_then(|answer| forward::decode_member_answer(&answer))
+            };
+            match result {
+                Ok((index, member)) => {
+                    self.wait_applied(index, deadline).await?;
+                    return Ok((member, self.members()));
+                }
+                // Surely not proposed: retry once a leader is known or the change in
+                // flight is done, until the deadline.
+                Err(
+                    ServerError::NotLeader
+                    | ServerError::NoLeader
+                    | ServerError::ConfigChangePending,
+                ) => {
+                    if Instant::now() >= deadline {
+                        return Err(ServerError::Timeout);
+                    }
+                    tokio::time::sleep(self.shared.tick.min(Duration::from_millis(50))).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     fn now_ms(&self) -> i64 {

@@ -191,6 +191,66 @@ pub type ForwardFuture = Pin<Box<dyn Future<Output = Result<Bytes, tonic::Status
 pub trait ForwardHandler: Send + Sync + 'static {
     /// Handles one forwarded request.
     fn forward(&self, request: Bytes) -> ForwardFuture;
+
+    /// The members this cluster was bootstrapped with and its members now, in the member
+    /// registry's text form, for the `Cluster` call of a joining member; `None` refuses it.
+    fn cluster_members(&self) -> Option<(String, String)> {
+        None
+    }
+}
+
+/// A cluster as one of its members described it (see [`fetch_cluster`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The cluster ID.
+    pub cluster_id: u64,
+    /// The member that answered.
+    pub member_id: u64,
+    /// The bootstrap members, in the member registry's text form.
+    pub initial_members: String,
+    /// The current members, in the member registry's text form.
+    pub members: String,
+}
+
+/// Asks the members at `urls`, in turn, to describe their cluster; the first answer wins.
+/// `Err` lists why each failed.
+pub async fn fetch_cluster(
+    urls: &[String],
+    limits: &TransportLimits,
+) -> Result<ClusterView, String> {
+    use skiff_etcd_proto::skiffpb::peer_client::PeerClient;
+    let mut failures = Vec::new();
+    for url in urls {
+        let attempt = async {
+            let channel = client::connect(url, limits).await?;
+            let mut client = PeerClient::new(channel);
+            let answer = tokio::time::timeout(
+                limits.connect_timeout * 5,
+                client.cluster(skiff_etcd_proto::skiffpb::ClusterRequest {}),
+            )
+            .await
+            .map_err(|_| "no answer in time".to_string())?
+            .map_err(|status| status.message().to_string())?
+            .into_inner();
+            if answer.protocol_version != PROTOCOL_VERSION {
+                return Err(format!(
+                    "peer protocol version {} (this member speaks {PROTOCOL_VERSION})",
+                    answer.protocol_version
+                ));
+            }
+            Ok(ClusterView {
+                cluster_id: answer.cluster_id,
+                member_id: answer.member_id,
+                initial_members: answer.initial_members,
+                members: answer.members,
+            })
+        };
+        match attempt.await {
+            Ok(view) => return Ok(view),
+            Err(error) => failures.push(format!("{url}: {error}")),
+        }
+    }
+    Err(failures.join("; "))
 }
 
 /// Builds the gRPC service that receives peer streams and forwarded requests. Serve it on the
@@ -441,8 +501,21 @@ impl Transport {
         &self.inner.identity
     }
 
-    /// Adds a peer (or replaces its URLs, restarting its stream). Must be called inside a
-    /// Tokio runtime. Adding this member itself does nothing.
+    /// Adds a peer unless it is known with these very URLs (then its stream is left alone).
+    /// May be called from any thread.
+    pub fn ensure_peer(&self, id: NodeId, urls: Vec<String>) {
+        let known = self
+            .inner
+            .peers()
+            .get(&id)
+            .is_some_and(|entry| entry.urls == urls);
+        if !known {
+            self.add_peer(id, urls);
+        }
+    }
+
+    /// Adds a peer (or replaces its URLs, restarting its stream). May be called from any
+    /// thread. Adding this member itself does nothing.
     pub fn add_peer(&self, id: NodeId, urls: Vec<String>) {
         if id == self.inner.identity.member_id {
             return;
@@ -473,7 +546,7 @@ impl Transport {
                 task.abort();
             }
         }
-        tokio::spawn(link.run());
+        self.inner.runtime.spawn(link.run());
     }
 
     /// Removes a peer: its queue is discarded and its task stops.

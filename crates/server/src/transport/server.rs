@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use skiff_etcd_proto::skiffpb::peer_server::Peer;
 use skiff_etcd_proto::skiffpb::{
-    peer_frame, ForwardRequest, ForwardResponse, Hello, PeerFrame, SnapshotAck, SnapshotChunk,
-    SnapshotHeader, StreamEnd,
+    peer_frame, ClusterRequest, ClusterResponse, ForwardRequest, ForwardResponse, Hello, PeerFrame,
+    SnapshotAck, SnapshotChunk, SnapshotHeader, StreamEnd,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -205,5 +205,21 @@ impl Peer for PeerService {
             .answer_status(&self.identity, &request.into_inner())
             .await?;
         Ok(Response::new(ack))
+    }
+
+    async fn cluster(
+        &self,
+        _request: Request<ClusterRequest>,
+    ) -> Result<Response<ClusterResponse>, Status> {
+        let Some((initial_members, members)) = self.forward.cluster_members() else {
+            return Err(Status::unavailable("this member is not started yet"));
+        };
+        Ok(Response::new(ClusterResponse {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            initial_members,
+            members,
+            protocol_version: PROTOCOL_VERSION,
+        }))
     }
 }
