@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Number of committed transactions to trigger a snapshot to disk [default: 100000].
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub snapshot_count: Option<String>,
+    /// Entries kept in the log after a snapshot, so that slightly slow followers catch up
+    /// from the log instead of a snapshot [default: 5000].
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub snapshot_catchup_entries: Option<String>,
     /// Maximum client request size in bytes the server will accept [default: 1572864].
     #[arg(long, value_name = "BYTES", allow_hyphen_values = true)]
     pub max_request_bytes: Option<String>,
@@ -119,7 +123,7 @@ pub struct ServeArgs {
 }
 
 /// The member flags, in the order [`ServeOptions::describe`] prints them.
-pub const MEMBER_FLAGS: [&str; 17] = [
+pub const MEMBER_FLAGS: [&str; 18] = [
     "name",
     "data-dir",
     "listen-client-urls",
@@ -132,6 +136,7 @@ pub const MEMBER_FLAGS: [&str; 17] = [
     "heartbeat-interval",
     "election-timeout",
     "snapshot-count",
+    "snapshot-catchup-entries",
     "max-request-bytes",
     "max-txn-ops",
     "max-client-connections",
@@ -181,7 +186,7 @@ impl ServeOptions {
             .collect::<Vec<_>>()
             .join(",");
         let mut out = String::new();
-        let lines: [(&str, String); 17] = [
+        let lines: [(&str, String); 18] = [
             ("name", c.name.clone()),
             ("data-dir", c.data_dir.display().to_string()),
             ("listen-client-urls", addrs(&c.listen_client)),
@@ -209,6 +214,10 @@ impl ServeOptions {
                 c.election_timeout.as_millis().to_string(),
             ),
             ("snapshot-count", c.snapshot_count.to_string()),
+            (
+                "snapshot-catchup-entries",
+                c.snapshot_catchup_entries.to_string(),
+            ),
             ("max-request-bytes", c.max_request_bytes.to_string()),
             ("max-txn-ops", c.max_txn_ops.to_string()),
             (
@@ -662,6 +671,13 @@ pub fn options_from_args(
         if config.snapshot_count == 0 {
             return Err(source.error("must be at least 1"));
         }
+    }
+    if let Some((text, source)) = pick(
+        "snapshot-catchup-entries",
+        args.snapshot_catchup_entries,
+        env,
+    )? {
+        config.snapshot_catchup_entries = parse_number(&source, &text)?;
     }
     if let Some((text, source)) = pick("max-request-bytes", args.max_request_bytes, env)? {
         config.max_request_bytes = parse_number(&source, &text)?;

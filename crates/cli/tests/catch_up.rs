@@ -30,7 +30,12 @@ fn a_member_back_after_compaction_catches_up_by_snapshot() {
         return;
     }
     let options = Options {
-        extra_args: vec!["--snapshot-count".into(), "100".into()],
+        extra_args: vec![
+            "--snapshot-count".into(),
+            "100".into(),
+            "--snapshot-catchup-entries".into(),
+            "50".into(),
+        ],
         ..Options::default()
     };
     let mut cluster = Cluster::start(Kind::Skiff, 3, options);

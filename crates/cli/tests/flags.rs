@@ -68,6 +68,7 @@ fn defaults_are_etcds() {
         ("heartbeat-interval", "100"),
         ("election-timeout", "1000"),
         ("snapshot-count", "100000"),
+        ("snapshot-catchup-entries", "5000"),
         ("max-request-bytes", "1572864"),
         ("max-txn-ops", "128"),
         ("max-client-connections", "10000"),

@@ -223,9 +223,26 @@ pub struct RawNode {
 }
 
 impl RawNode {
-    /// Builds a member from a validated config and its durable state.
-    pub fn new(config: Config, initial: InitialState) -> Result<RawNode, ConfigError> {
+    /// Builds a member from a validated config and its durable state. Entries up to the
+    /// snapshot's index (a tail the store kept for slow followers) are dropped.
+    pub fn new(config: Config, mut initial: InitialState) -> Result<RawNode, ConfigError> {
         config.validate()?;
+        if let Some(meta) = &initial.snapshot {
+            let behind = initial
+                .entries
+                .iter()
+                .take_while(|entry| entry.index <= meta.index)
+                .count();
+            if let Some(last) = initial.entries[..behind].last() {
+                if last.index == meta.index && last.term != meta.term {
+                    return Err(ConfigError::InitialState(format!(
+                        "entry {} has term {} but the snapshot at it term {}",
+                        last.index, last.term, meta.term
+                    )));
+                }
+            }
+            initial.entries.drain(..behind);
+        }
         let (snapshot_index, snapshot_term, membership) = match &initial.snapshot {
             Some(meta) => (meta.index, meta.term, meta.membership.clone()),
             None => (0, 0, initial.membership.clone()),
@@ -556,21 +573,40 @@ impl RawNode {
     /// Records that the application took a snapshot covering the log up to `index`
     /// (which must be applied) and drops those entries from memory.
     pub fn compact(&mut self, index: u64) {
-        if index <= self.log.snapshot_index() {
+        self.compact_keeping(index, 0);
+    }
+
+    /// Records that the application took a snapshot covering the log up to `index` (which
+    /// must be applied), and drops from memory the entries up to `index - keep`: a follower
+    /// at most `keep` entries behind the snapshot still gets entries instead of the
+    /// snapshot (etcd's `--snapshot-catchup-entries`). Followers that need compacted
+    /// entries are sent this snapshot.
+    pub fn compact_keeping(&mut self, index: u64, keep: u64) {
+        let current = self
+            .snapshot
+            .as_ref()
+            .map_or(self.log.snapshot_index(), |meta| meta.index);
+        if index <= current {
             return;
         }
         let term = self.log.term(index).expect("compacting a held entry");
         let membership = self
             .membership_at(index)
             .expect("a held entry's configuration is known");
-        self.log.compact(index);
-        self.config_entries = self.config_entries.split_off(&(index + 1));
-        self.base_membership = membership.clone();
         self.snapshot = Some(SnapshotMeta {
             index,
             term,
             membership,
         });
+        let through = index.saturating_sub(keep);
+        if through > self.log.snapshot_index() {
+            let base = self
+                .membership_at(through)
+                .expect("a held entry's configuration is known");
+            self.log.compact(through);
+            self.config_entries = self.config_entries.split_off(&(through + 1));
+            self.base_membership = base;
+        }
         self.check_invariants();
     }
 
@@ -1811,6 +1847,12 @@ impl RawNode {
     /// Invariants that hold after every call; cheap enough for release builds.
     fn check_invariants(&self) {
         self.log.check_invariants();
+        if let Some(meta) = &self.snapshot {
+            assert!(
+                meta.index >= self.log.snapshot_index(),
+                "the log is compacted past the snapshot"
+            );
+        }
         if let Some((first, _)) = self.config_entries.first_key_value() {
             assert!(
                 *first > self.log.snapshot_index(),

@@ -314,6 +314,17 @@ impl Cluster {
             .collect()
     }
 
+    /// The snapshot index of the last queued InstallSnapshot, if one is queued.
+    pub fn queued_snapshot(&self) -> Option<u64> {
+        self.network
+            .iter()
+            .filter_map(|message| match &message.body {
+                MessageBody::InstallSnapshot { meta, .. } => Some(meta.index),
+                _ => None,
+            })
+            .last()
+    }
+
     /// True if any queued message matches.
     pub fn any_queued(&self, predicate: impl Fn(&Message) -> bool) -> bool {
         self.network.iter().any(predicate)

@@ -125,3 +125,81 @@ fn a_lost_snapshot_is_sent_again_after_the_snapshot_timeout() {
     );
     assert_eq!(cluster.node(1).status().role, Role::Leader);
 }
+
+/// Ticks every member `ticks` times, carrying everything out; counts the InstallSnapshot
+/// messages that were sent (and delivered) meanwhile, with the snapshot index of the last.
+fn run_counting_snapshots(cluster: &mut Cluster, ticks: u32) -> (usize, u64) {
+    let (mut count, mut index) = (0, 0);
+    for _ in 0..ticks {
+        for id in 1..=3 {
+            cluster.tick(id);
+        }
+        for _ in 0..1000 {
+            let mut moved = false;
+            for id in 1..=3 {
+                moved |= cluster.process(id);
+            }
+            for (_, _, name) in cluster.queued() {
+                count += usize::from(name == "InstallSnapshot");
+            }
+            if let Some(meta) = cluster.queued_snapshot() {
+                index = meta;
+            }
+            while cluster.deliver_one() {
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+    (count, index)
+}
+
+#[test]
+fn a_follower_within_the_kept_tail_catches_up_from_entries_not_the_snapshot() {
+    let mut cluster = Cluster::new(3, |config| config);
+    cluster.elect(1);
+    cluster.isolate(3);
+    for value in 0..10u8 {
+        cluster.propose(1, &[value]).unwrap();
+    }
+    cluster.stabilize();
+    let first_snapshot = cluster.node(1).status().commit;
+    // Member 3 is 10 entries behind; a tail of 20 still holds what it needs.
+    cluster.node_mut(1).compact_keeping(first_snapshot, 20);
+    let meta = cluster.node(1).snapshot_meta().cloned().expect("snapshot");
+    assert_eq!(meta.index, first_snapshot);
+    assert!(cluster.node(1).status().first_index <= first_snapshot.saturating_sub(9));
+    cluster.heal();
+    let (snapshots, _) = run_counting_snapshots(&mut cluster, 10);
+    assert_eq!(snapshots, 0, "member 3 needed no snapshot");
+    assert_eq!(cluster.applied_data(3), cluster.applied_data(1));
+
+    // Far behind the tail: it gets the newest snapshot, and entries after it.
+    cluster.isolate(3);
+    for value in 10..40u8 {
+        cluster.propose(1, &[value]).unwrap();
+    }
+    cluster.stabilize();
+    let second_snapshot = cluster.node(1).status().commit;
+    cluster.node_mut(1).compact_keeping(second_snapshot, 5);
+    assert_eq!(
+        cluster.node(1).status().first_index,
+        second_snapshot - 5 + 1,
+        "the log keeps exactly the tail"
+    );
+    cluster.propose(1, &[40]).unwrap();
+    cluster.stabilize();
+    cluster.heal();
+    let (snapshots, index) = run_counting_snapshots(&mut cluster, 10);
+    assert!(snapshots >= 1, "member 3 needed a snapshot");
+    assert_eq!(
+        index, second_snapshot,
+        "the newest snapshot, not the tail's start"
+    );
+    assert_eq!(
+        cluster.node(3).status().applied,
+        cluster.node(1).status().applied
+    );
+}

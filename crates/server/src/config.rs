@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     /// `--snapshot-count` (default 100,000 applied entries between snapshots).
     pub snapshot_count: u64,
+    /// `--snapshot-catchup-entries` (default 5,000): entries kept in the log after a
+    /// snapshot, so followers slightly behind catch up from the log.
+    pub snapshot_catchup_entries: u64,
     /// `--max-request-bytes` (default 1.5 MiB).
     pub max_request_bytes: usize,
     /// `--max-txn-ops` (default 128).
@@ -84,6 +87,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             snapshot_count: 100_000,
+            snapshot_catchup_entries: 5_000,
             max_request_bytes: 1536 * 1024,
             max_txn_ops: 128,
             listen_metrics: Vec::new(),

@@ -249,6 +249,7 @@ pub async fn run(
         tick: config.heartbeat_interval,
         election_ticks,
         snapshot_count: config.snapshot_count,
+        snapshot_catchup_entries: config.snapshot_catchup_entries,
         kv_config,
         storage_config: StorageConfig {
             // The core keeps every entry since the last snapshot in memory and serves

@@ -162,6 +162,7 @@ impl TestCluster {
             tick: Duration::from_millis(10),
             election_ticks: 10,
             snapshot_count: 50,
+            snapshot_catchup_entries: 10,
             kv_config: KvConfig::default(),
             storage_config: StorageConfig::small_for_tests(),
             request_timeout: Duration::from_secs(3),

@@ -300,6 +300,8 @@ pub struct World {
     rolling_victim: Option<NodeId>,
     /// Take a snapshot and compact the log every this many applied entries (0: never).
     snapshot_every: u64,
+    /// Entries kept in the log behind each snapshot (`compact_keeping`).
+    catchup_entries: u64,
     // checkers
     leaders_by_term: BTreeMap<u64, NodeId>,
     committed: Vec<(u64, u64)>,
@@ -420,6 +422,8 @@ impl World {
         let isolate_new_leader_percent = [20, 40, 70][rng.range(0, 3) as usize];
         let snapshot_every = [0, 0, 40, 300][rng.range(0, 4) as usize];
         let rolling_leader_isolation = rng.chance(1, 4);
+        // From the seed, not the generator, so every other choice of a seed stays as it was.
+        let catchup_entries = [0, 0, 5, 30][(options.seed.rotate_right(17) % 4) as usize];
         let mut world = World {
             options,
             rng,
@@ -442,6 +446,7 @@ impl World {
             log_read_percent,
             isolate_new_leader_percent,
             snapshot_every,
+            catchup_entries,
             rolling_leader_isolation,
             rolling_victim: None,
             leaders_by_term: BTreeMap::new(),
@@ -453,7 +458,7 @@ impl World {
             trace_tail: VecDeque::new(),
         };
         world.trace(format!(
-            "setup nodes={size} spares={spares} churn={churn} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}% snapshot_every={}",
+            "setup nodes={size} spares={spares} churn={churn} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}% snapshot_every={} catchup_entries={}",
             world.keys.len(),
             world.config.pre_vote,
             world.config.check_quorum,
@@ -464,6 +469,7 @@ impl World {
             world.log_read_percent,
             world.isolate_new_leader_percent,
             world.snapshot_every,
+            world.catchup_entries,
         ));
         world.stats.churn = churn as u64;
         let ids: Vec<NodeId> = world.nodes.keys().copied().collect();
@@ -853,12 +859,13 @@ impl World {
             })?;
             storage.finish_snapshot(writer)
         });
-        let compacted = stored.and_then(|()| storage.compact(index));
+        let keep = self.catchup_entries;
+        let compacted = stored.and_then(|()| storage.compact(index.saturating_sub(keep)));
         if let Err(error) = compacted {
             self.violate("storage", format!("n{id} snapshot failed: {error}"));
             return;
         }
-        raw.compact(index);
+        raw.compact_keeping(index, keep);
         node.snapshot_index = index;
         self.trace(format!("n{id} snapshot at {index} (term {term})"));
     }

@@ -47,6 +47,8 @@ pub(crate) struct DiskWriter {
     /// of its own (the commit index may lag on disk; term and vote may not).
     pub synced_hard_state: HardState,
     pub unsynced_commit_writes: u32,
+    /// Entries kept in the log behind each snapshot this member takes.
+    pub catchup_entries: u64,
     pub tasks: Receiver<DiskTask>,
     pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
     pub outbound: Outbound,
@@ -145,8 +147,10 @@ impl DiskWriter {
                         continue;
                     }
                     // Everything it covers is applied, hence committed and durable here.
+                    // A tail of entries stays for followers slightly behind.
                     self.storage.finish_snapshot(writer)?;
-                    self.storage.compact(meta.index)?;
+                    self.storage
+                        .compact(meta.index.saturating_sub(self.catchup_entries))?;
                     compacted.push(meta);
                 }
             }

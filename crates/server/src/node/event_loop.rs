@@ -179,9 +179,8 @@ impl EventLoop {
                 self.removed_at.get_or_insert(self.ticks);
             }
             Internal::Compacted { meta } => {
-                if meta.index > self.raw.status().first_index.saturating_sub(1) {
-                    self.raw.compact(meta.index);
-                }
+                self.raw
+                    .compact_keeping(meta.index, self.shared.catchup_entries);
             }
             Internal::Fatal(reason) => return Err(reason),
         }

@@ -87,6 +87,8 @@ pub struct NodeOptions {
     pub election_ticks: u32,
     /// Applied entries between snapshots (`--snapshot-count`; 0 disables snapshots).
     pub snapshot_count: u64,
+    /// Entries kept in the log behind each snapshot (`--snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// The state machine's limits (shared by every member).
     pub kv_config: KvConfig,
     /// The log store's limits.
@@ -230,6 +232,8 @@ pub(crate) struct Shared {
     forwarder: Mutex<Option<Arc<dyn Forwarder>>>,
     request_timeout: Duration,
     tick: Duration,
+    /// Entries the core keeps in memory behind each snapshot (`--snapshot-catchup-entries`).
+    catchup_entries: u64,
     lease_ids: Mutex<skiff_raft::Rng>,
     stopped: watch::Sender<Option<String>>,
     shutdown: watch::Sender<bool>,
@@ -270,6 +274,8 @@ impl Node {
         let applied_registry = snapshot_registry.unwrap_or_else(|| options.initial.clone());
         let mut registry_log = RegistryLog::new(applied_registry.clone());
         registry_log.append(&recovered.entries);
+        // The log may keep a tail behind the snapshot: its registries are history.
+        registry_log.applied(store.applied_index());
         for registry in [&applied_registry, registry_log.current()] {
             for (id, record) in &registry.members {
                 options.peers.ensure(*id, record.peer_urls.clone());
@@ -338,6 +344,7 @@ impl Node {
             forwarder: Mutex::new(None),
             request_timeout: options.request_timeout,
             tick: options.tick,
+            catchup_entries: options.snapshot_catchup_entries,
             lease_ids: Mutex::new(skiff_raft::Rng::new(options.id ^ now_ms() as u64)),
             stopped: watch::channel(None).0,
             shutdown: watch::channel(false).0,
@@ -345,6 +352,7 @@ impl Node {
         });
 
         let writer = disk::DiskWriter {
+            catchup_entries: options.snapshot_catchup_entries,
             synced_hard_state: storage.hard_state(),
             unsynced_commit_writes: 0,
             storage,

@@ -259,10 +259,14 @@ impl DurableLog {
             base: bootstrap.clone(),
             ..DurableLog::default()
         };
+        let mut after = entries;
         if let Some(meta) = snapshot {
             log.install(meta);
+            // The store may keep a tail behind its snapshot; the core drops it at start.
+            let behind = entries.iter().take_while(|e| e.index <= meta.index).count();
+            after = &entries[behind..];
         }
-        log.append(entries);
+        log.append(after);
         log
     }
 
