@@ -21,6 +21,12 @@ pub struct StorageConfig {
     /// Write zeros over the whole segment when creating it, so that later `fdatasync` calls
     /// never have to flush file-size or extent changes.
     pub preallocate_segments: bool,
+    /// Zero-fill and sync the next segment on a helper thread while the current one fills, so
+    /// that a rotation only writes the new segment's header, syncs it and renames it. Takes
+    /// effect only with `preallocate_segments` and on a file system that allows background
+    /// work ([`crate::FileSystem::allows_background_work`]): never on the simulated disk, whose
+    /// order of operations must stay deterministic. Off: segments are created whole at rotation.
+    pub prepare_segments_in_background: bool,
     /// Buffer size of snapshot writers and readers.
     pub snapshot_buffer_bytes: u64,
     /// Threads that read and check segments in parallel at open.
@@ -42,6 +48,7 @@ impl Default for StorageConfig {
             entry_cache_bytes: 64 << 20,
             max_unsynced_bytes: 64 << 20,
             preallocate_segments: true,
+            prepare_segments_in_background: true,
             snapshot_buffer_bytes: 256 << 10,
             recovery_threads: 2,
         }
@@ -57,6 +64,7 @@ impl StorageConfig {
             entry_cache_bytes: 8 << 10,
             max_unsynced_bytes: 1 << 20,
             preallocate_segments: true,
+            prepare_segments_in_background: true,
             snapshot_buffer_bytes: 1 << 10,
             recovery_threads: 1,
         }

@@ -6,6 +6,10 @@
 //! with one record, one `pwrite` and one `fdatasync` (group commit). Reads are served from a
 //! bounded cache of recent entries, else from the segment files through an index of where each
 //! record of live entries lies.
+//!
+//! With `prepare_segments_in_background`, the next segment is zero-filled and synced under its
+//! temporary name on a helper thread while the current one fills, so that a rotation only
+//! writes the header, syncs and renames.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +45,10 @@ pub struct StorageMetrics {
     pub record_bytes_written: u64,
     /// Segments created.
     pub segments_created: u64,
+    /// Segments created from a file zero-filled and synced ahead of time on a helper thread.
+    pub segments_prepared_in_background: u64,
+    /// Rotations that had to wait for the helper thread to finish preparing the next segment.
+    pub segment_preparation_waits: u64,
     /// Segments deleted by compaction.
     pub segments_deleted: u64,
     /// Entries read back from segment files (cache misses).
@@ -58,6 +66,19 @@ struct Run {
 
 struct Segment<F: FileSystem> {
     file: F::File,
+}
+
+/// The next segment being zero-filled and synced on a helper thread, under the temporary name
+/// of the synchronous path (`<seq>.wal.tmp`, which recovery deletes). The rotation to
+/// `sequence` joins the thread, so no record is ever written to a segment that is not fully
+/// prepared; only then does it write the header, sync and rename, exactly as the synchronous
+/// path does after its zeros.
+struct Preparation<F: FileSystem> {
+    sequence: u64,
+    /// Set when the store is dropped: the thread stops between chunks.
+    cancel: Arc<AtomicBool>,
+    /// The prepared file and the number of `fdatasync` calls it took.
+    thread: std::thread::JoinHandle<Result<(F::File, u64)>>,
 }
 
 /// A torn tail found at open, overwritten with zeros before any new write.
@@ -97,6 +118,7 @@ pub struct DurableStorage<F: FileSystem> {
     snapshot_file: Option<String>,
     next_temporary: u64,
     metrics: StorageMetrics,
+    preparation: Option<Preparation<F>>,
 }
 
 impl<F: FileSystem> DurableStorage<F> {
@@ -127,6 +149,7 @@ impl<F: FileSystem> DurableStorage<F> {
             snapshot_file: None,
             next_temporary: 0,
             metrics: StorageMetrics::default(),
+            preparation: None,
         };
         let recovered = storage.recover()?;
         Ok((storage, recovered))
@@ -285,6 +308,8 @@ impl<F: FileSystem> DurableStorage<F> {
         self.drop_runs_through(snapshot_index);
         if segment_sequences.is_empty() {
             self.guarded(|storage| storage.create_segment(1))?;
+        } else {
+            self.start_preparing(self.active_segment + 1);
         }
         self.delete_obsolete_segments()?;
         // Fill the cache with the newest entries that fit.
@@ -333,22 +358,23 @@ impl<F: FileSystem> DurableStorage<F> {
     }
 
     /// Creates segment `sequence`: temporary file, zeros, header record, fdatasync, rename,
-    /// directory fsync. Only then may records be written into it.
+    /// directory fsync. Only then may records be written into it. With background preparation
+    /// the temporary file and its zeros were made (and synced) ahead of time; this waits for
+    /// them if they are not finished, then writes the header, syncs and renames. Either way it
+    /// starts preparing the segment after this one.
     fn create_segment(&mut self, sequence: u64) -> Result<()> {
         let name = segment_file_name(sequence);
-        let temporary = format!("{name}.tmp");
-        let mut file = self.file_system.create(&temporary)?;
-        if self.config.preallocate_segments {
-            let chunk = vec![0u8; (1 << 20).min(self.config.segment_size_bytes as usize)];
-            let mut offset = 0;
-            while offset < self.config.segment_size_bytes {
-                let length = chunk
-                    .len()
-                    .min((self.config.segment_size_bytes - offset) as usize);
-                file.write_at(offset, &chunk[..length])?;
-                offset += length as u64;
+        let temporary = temporary_segment_name(sequence);
+        let mut file = match self.take_prepared(sequence)? {
+            Some(file) => file,
+            None => {
+                let mut file = self.file_system.create(&temporary)?;
+                if self.config.preallocate_segments {
+                    zero_fill(&mut file, 0, self.config.segment_size_bytes)?;
+                }
+                file
             }
-        }
+        };
         let payload = encode_segment_header(&SegmentHeader {
             segment_sequence: sequence,
             hard_state: self.durable_hard_state,
@@ -370,7 +396,70 @@ impl<F: FileSystem> DurableStorage<F> {
         self.active_segment = sequence;
         self.write_offset = record.len() as u64;
         self.next_record_sequence += 1;
+        self.start_preparing(sequence + 1);
         Ok(())
+    }
+
+    fn prepares_in_background(&self) -> bool {
+        self.config.prepare_segments_in_background
+            && self.config.preallocate_segments
+            && self.file_system.allows_background_work()
+    }
+
+    /// Starts zero-filling and syncing `<sequence>.wal.tmp` on a helper thread, if the
+    /// configuration and the file system allow it. If the thread cannot be started, the
+    /// rotation creates the segment itself.
+    fn start_preparing(&mut self, sequence: u64) {
+        if !self.prepares_in_background() || self.preparation.is_some() {
+            return;
+        }
+        let file_system = self.file_system.clone();
+        let name = temporary_segment_name(sequence);
+        let size = self.config.segment_size_bytes;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread_cancel = cancel.clone();
+        let spawned = std::thread::Builder::new()
+            .name("skiff-wal-prepare".to_string())
+            .spawn(move || prepare_segment(&file_system, &name, size, &thread_cancel));
+        if let Ok(thread) = spawned {
+            self.preparation = Some(Preparation {
+                sequence,
+                cancel,
+                thread,
+            });
+        }
+    }
+
+    /// The file prepared for segment `sequence` (zero-filled and synced), waiting for the
+    /// helper thread if it is still at work; `None` if none was being prepared. A failure of
+    /// the helper is this rotation's failure (and poisons the store).
+    fn take_prepared(&mut self, sequence: u64) -> Result<Option<F::File>> {
+        let Some(preparation) = self.preparation.take() else {
+            return Ok(None);
+        };
+        if preparation.sequence != sequence {
+            // Not the segment wanted (rotations only go to the next sequence, so this does not
+            // happen): stop it and leave its temporary file to the next open.
+            preparation.cancel.store(true, Ordering::SeqCst);
+            let _ = preparation.thread.join();
+            return Ok(None);
+        }
+        if !preparation.thread.is_finished() {
+            self.metrics.segment_preparation_waits += 1;
+        }
+        let (file, syncs) = match preparation.thread.join() {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(StorageError::from_io(
+                    "prepare",
+                    &temporary_segment_name(sequence),
+                    std::io::Error::other("the segment preparation thread panicked"),
+                ))
+            }
+        };
+        self.metrics.other_syncs += syncs;
+        self.metrics.segments_prepared_in_background += 1;
+        Ok(Some(file))
     }
 
     /// Writes one record (built by [`begin_record`], header not yet filled) at the tail and
@@ -651,6 +740,69 @@ impl<F: FileSystem> DurableStorage<F> {
         }
         Ok(unsynced)
     }
+}
+
+impl<F: FileSystem> Drop for DurableStorage<F> {
+    /// Stops and joins the helper thread, so that it never outlives the store (a store opened
+    /// again on the same directory deletes the temporary file it leaves).
+    fn drop(&mut self) {
+        if let Some(preparation) = self.preparation.take() {
+            preparation.cancel.store(true, Ordering::SeqCst);
+            let _ = preparation.thread.join();
+        }
+    }
+}
+
+/// The name a segment is created under before it is complete; recovery deletes every `.tmp`.
+fn temporary_segment_name(sequence: u64) -> String {
+    format!("{}.tmp", segment_file_name(sequence))
+}
+
+/// Writes zeros over `start..end` of `file`, in pieces of at most 1 MiB.
+fn zero_fill<File: StorageFile>(file: &mut File, start: u64, end: u64) -> Result<()> {
+    let chunk = vec![0u8; (1 << 20).min((end - start) as usize)];
+    let mut offset = start;
+    while offset < end {
+        let length = chunk.len().min((end - offset) as usize);
+        file.write_at(offset, &chunk[..length])?;
+        offset += length as u64;
+    }
+    Ok(())
+}
+
+/// How much of a segment being prepared is written back at a time (see [`prepare_segment`]).
+const PREPARATION_PIECE_BYTES: u64 = 2 << 20;
+
+/// On the helper thread: creates `name`, zero-fills it to `size` bytes and syncs it. Each
+/// piece of [`PREPARATION_PIECE_BYTES`] is written back ([`StorageFile::write_back`]) before
+/// the next is written, and one `fdatasync` at the end makes the whole file durable. So the
+/// disk never has more than one piece of the new segment to write at a time: a single
+/// fdatasync of a whole segment (or dirty pages of it flushed all at once) would hold up the
+/// log writer's next fdatasync behind tens of megabytes. Returns the file and the number of
+/// fdatasync calls; stops with an error once `cancel` is set.
+fn prepare_segment<F: FileSystem>(
+    file_system: &F,
+    name: &str,
+    size: u64,
+    cancel: &AtomicBool,
+) -> Result<(F::File, u64)> {
+    let mut file = file_system.create(name)?;
+    let mut offset = 0;
+    while offset < size {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(StorageError::from_io(
+                "prepare",
+                name,
+                std::io::Error::other("cancelled: the store was dropped"),
+            ));
+        }
+        let end = (offset + PREPARATION_PIECE_BYTES).min(size);
+        zero_fill(&mut file, offset, end)?;
+        file.write_back(offset, end - offset)?;
+        offset = end;
+    }
+    file.sync_data()?;
+    Ok((file, 1))
 }
 
 /// What scanning one segment found.

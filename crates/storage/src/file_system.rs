@@ -34,6 +34,12 @@ pub trait FileSystem: Clone + Send + 'static {
     fn allows_parallel_reads(&self) -> bool {
         true
     }
+    /// Whether the store may prepare a file (the next log segment) on a helper thread while it
+    /// writes others. A deterministic file system (the simulator's) says no, so that the order
+    /// of its operations is fixed.
+    fn allows_background_work(&self) -> bool {
+        true
+    }
 }
 
 /// An open file of a [`FileSystem`].
@@ -48,6 +54,14 @@ pub trait StorageFile: Send {
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()>;
     /// Makes every byte written so far durable (`fdatasync`).
     fn sync_data(&mut self) -> Result<()>;
+    /// Writes `offset..offset + length` back to the disk and waits for it, without flushing
+    /// the disk's cache or any metadata (`sync_file_range`): it makes nothing durable, it only
+    /// spreads the write-back of a large file over time, so that a later `sync_data` has
+    /// little left to write. The default does nothing.
+    fn write_back(&mut self, offset: u64, length: u64) -> Result<()> {
+        let _ = (offset, length);
+        Ok(())
+    }
 }
 
 /// Real files in one directory of the operating system's file system.
@@ -188,5 +202,37 @@ impl StorageFile for OsFile {
         self.file
             .sync_data()
             .map_err(|error| StorageError::from_io("fdatasync", &self.name, error))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn write_back(&mut self, offset: u64, length: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: the descriptor is open for as long as `self.file` lives; the call only
+        // reads its arguments.
+        let result = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset as libc::off64_t,
+                length as libc::off64_t,
+                flags,
+            )
+        };
+        if result != 0 {
+            let error = std::io::Error::last_os_error();
+            // A file system without it wrote nothing back: the later fdatasync does it all.
+            if matches!(
+                error.raw_os_error(),
+                Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
+            ) {
+                return Ok(());
+            }
+            // Any other error (EIO) must be reported here: waiting on the write-back consumes
+            // the file's write-back error, so the next fdatasync might not report it.
+            return Err(StorageError::from_io("sync_file_range", &self.name, error));
+        }
+        Ok(())
     }
 }

@@ -361,6 +361,10 @@ impl FileSystem for SimulatedFileSystem {
         false
     }
 
+    fn allows_background_work(&self) -> bool {
+        false
+    }
+
     fn sync_directory(&self) -> Result<()> {
         let mut disk = self.lock();
         disk.operation("directory")?;

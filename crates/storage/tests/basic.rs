@@ -57,6 +57,8 @@ fn appended_entries_and_hard_state_survive_reopen_on_real_files() {
     let read = storage.entries(1, 301, u64::MAX).unwrap();
     assert_eq!(read, written);
     assert!(storage.metrics().entries_read_from_disk > 0);
+    // The store's helper thread may be preparing the next segment in the directory.
+    drop(storage);
     std::fs::remove_dir_all(&directory).unwrap();
 }
 
@@ -220,6 +222,7 @@ fn snapshot_streams_and_replaces_older_ones_on_real_files() {
     let (_, mut reader) = storage.open_snapshot().unwrap().unwrap();
     let error = reader.read_to_end(&mut Vec::new()).unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+    drop(storage);
     std::fs::remove_dir_all(&directory).unwrap();
 }
 
