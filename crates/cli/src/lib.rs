@@ -3,6 +3,7 @@
 
 #![deny(missing_docs)]
 
+pub mod allocator;
 pub mod bench;
 pub mod demo;
 pub mod serve;

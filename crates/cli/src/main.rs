@@ -16,6 +16,10 @@ use skiff_cli::bench::{
 use skiff_cli::serve::{self, ServeArgs, ServeOptions};
 use skiff_server::ServerConfig;
 
+/// See `skiff_cli::allocator`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "skiff",
@@ -309,6 +313,7 @@ fn env_lookup(key: &str) -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    skiff_cli::allocator::tune();
     let args: Vec<OsString> = std::env::args_os().collect();
     let first = args.get(1).and_then(|arg| arg.to_str());
     let member_flags = match first {

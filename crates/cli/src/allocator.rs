@@ -1,0 +1,43 @@
+//! The process's memory allocator: mimalloc, tuned to return freed memory at once.
+//!
+//! A member and the load generator allocate many small, short-lived buffers per request
+//! (HTTP/2 frames, protobuf messages); mimalloc serves them markedly faster than glibc's
+//! allocator (serializable ranges at 100/1000 went from about 21,000/s to 31,000/s on the
+//! comparison machine). By default (mimalloc 3) it keeps freed pages for a second before
+//! purging them, which under load adds tens of MiB of resident memory per member (97 instead
+//! of 63 MiB after the comparison's workloads); purging at once keeps the member's memory
+//! close to what it uses, at no measurable cost in throughput.
+
+/// mimalloc's `mi_option_purge_delay` (its position in `mi_option_e`; the `libmimalloc-sys`
+/// bindings do not name it). A test recognizes it by its default.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Applies the tuning; call first thing in `main`.
+pub fn tune() {
+    // SAFETY: setting an option is thread-safe and takes effect for later purges.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_option_is_the_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return; // the environment chose the value; nothing to recognize it by
+        }
+        // SAFETY: reading an option.
+        let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(
+            default, 1000,
+            "option 15 is not mimalloc 3's purge delay (default 1000 ms)"
+        );
+        tune();
+        // SAFETY: reading an option.
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+            0
+        );
+    }
+}
