@@ -214,6 +214,13 @@ fn scenario(kind: Kind, keys: usize) {
         kind.name(),
         loaded.elapsed()
     );
+    if kind == Kind::Skiff {
+        // How long applying paused for each snapshot (the copy) and how long writing took.
+        let log = std::fs::read_to_string(cluster.log_path(leader)).unwrap_or_default();
+        if let Some(line) = log.lines().rfind(|line| line.contains("took a snapshot")) {
+            println!("skiff: leader's last snapshot: {line}");
+        }
+    }
     let originals = [0, 1, 2];
     let ids = cluster.member_ids();
 

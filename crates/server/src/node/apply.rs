@@ -38,6 +38,8 @@ pub(crate) struct Applier {
     pub membership: skiff_raft::Membership,
     /// The member registry in force at the applied index (what a snapshot starts with).
     pub registry: Registry,
+    /// The thread streaming the last snapshot, while it runs.
+    pub snapshotting: Option<std::thread::JoinHandle<()>>,
 }
 
 /// What applying one entry produced for the client waiting on it.
@@ -197,9 +199,21 @@ impl Applier {
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: stream the store into a snapshot file the log
-    /// writer opened, then hand it back to be published (and the log it covers compacted).
+    /// Every `snapshot_count` applied entries: copy the store (its structure; values are
+    /// shared, reference-counted) and stream the copy, on a thread of its own, into a snapshot
+    /// file the log writer opened, which it then publishes (and compacts the log it covers).
+    /// Applying stops only for the copy, never for the streaming.
     fn maybe_snapshot(&mut self) {
+        if self
+            .snapshotting
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+        {
+            return; // the previous one is still being written
+        }
+        if let Some(thread) = self.snapshotting.take() {
+            let _ = thread.join();
+        }
         let index = self
             .shared
             .store
@@ -232,23 +246,28 @@ impl Applier {
             Err(_) => return, // the log writer stopped
         };
         let started = std::time::Instant::now();
-        {
-            // Only this thread changes the store: it is still at `index`.
-            let store = self.shared.store.read().expect("store lock");
-            let written = members::write_snapshot_prefix(&self.registry, &mut writer)
-                .map_err(|error| error.to_string())
-                .and_then(|()| {
-                    store
-                        .snapshot(&mut writer)
-                        .map_err(|error| error.to_string())
-                });
-            if let Err(error) = written {
-                tracing::error!(%error, "cannot write a snapshot");
-                return;
-            }
+        // Only this thread changes the store: it is still at `index`.
+        let copy = self.shared.store.read().expect("store lock").clone();
+        let copied = started.elapsed();
+        let registry = self.registry.clone();
+        let disk = self.disk.clone();
+        let streaming = std::thread::Builder::new()
+            .name("skiff-snapshot".into())
+            .spawn(move || {
+                let written = members::write_snapshot_prefix(&registry, &mut writer)
+                    .map_err(|error| error.to_string())
+                    .and_then(|()| copy.snapshot(&mut writer).map_err(|e| e.to_string()));
+                if let Err(error) = written {
+                    tracing::error!(%error, "cannot write a snapshot");
+                    return;
+                }
+                tracing::info!(index, ?copied, elapsed = ?started.elapsed(), "took a snapshot");
+                let _ = disk.send(DiskTask::Snapshot { writer });
+            });
+        match streaming {
+            Ok(thread) => self.snapshotting = Some(thread),
+            Err(error) => tracing::error!(%error, "cannot start the snapshot thread"),
         }
-        tracing::info!(index, elapsed = ?started.elapsed(), "took a snapshot");
-        let _ = self.disk.send(DiskTask::Snapshot { writer });
     }
 
     /// A configuration (and the registry that came with it, if any) took effect at the

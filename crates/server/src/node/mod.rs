@@ -380,6 +380,7 @@ impl Node {
             // The store reflects the snapshot: its configuration until the log says otherwise.
             membership: recovered_membership,
             registry: applied_registry,
+            snapshotting: None,
         };
         let apply_thread = std::thread::Builder::new()
             .name("skiff-apply".into())
