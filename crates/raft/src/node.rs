@@ -619,7 +619,7 @@ impl RawNode {
             || self.log.has_unpersisted()
             || self.log.has_to_apply()
             || self.hard_state() != self.reported_hard_state
-            || self.soft_state() != self.reported_soft_state
+            || self.soft_state_now() != self.reported_soft_state
             || (self.role == Role::Leader
                 && (self.broadcast_needed || self.commit_changed || self.read_heartbeat_needed))
     }
@@ -627,7 +627,7 @@ impl RawNode {
     /// Takes everything that is ready; see [`Ready`] for what to do with it.
     pub fn ready(&mut self) -> Ready {
         self.flush();
-        let soft_state = self.soft_state();
+        let soft_state = self.soft_state_now();
         let hard_state = self.hard_state();
         let ready = Ready {
             soft_state: (soft_state != self.reported_soft_state).then_some(soft_state),
@@ -734,9 +734,19 @@ impl RawNode {
             && self.now_ticks < self.lease_until_ticks
     }
 
+    /// The role, leader and term: the cheap part of [`RawNode::status`].
+    pub fn soft_state(&self) -> SoftState {
+        self.soft_state_now()
+    }
+
+    /// The commit index.
+    pub fn commit_index(&self) -> u64 {
+        self.log.committed()
+    }
+
     // ----- state transitions -----------------------------------------------------------
 
-    fn soft_state(&self) -> SoftState {
+    fn soft_state_now(&self) -> SoftState {
         SoftState {
             role: self.role,
             leader: self.leader,

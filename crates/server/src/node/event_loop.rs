@@ -190,7 +190,9 @@ impl EventLoop {
     fn on_tick(&mut self) {
         self.raw.tick();
         self.ticks += 1;
-        if self.raw.status().role == Role::Leader && self.ticks.is_multiple_of(LEASE_CHECK_TICKS) {
+        if self.raw.soft_state().role == Role::Leader
+            && self.ticks.is_multiple_of(LEASE_CHECK_TICKS)
+        {
             self.expire_leases();
         }
         if let Some((target, _)) = &self.transfer {
@@ -412,22 +414,25 @@ impl EventLoop {
         }
     }
 
+    /// Publishes what handles and metrics show; runs every turn, so it reads only the
+    /// core's cheap accessors (not `status()`, which copies maps).
     fn publish_status(&self) {
-        let status = self.raw.status();
+        let soft = self.raw.soft_state();
+        let commit = self.raw.commit_index();
         let metrics = &self.shared.metrics;
-        metrics.raft_term.set(status.term);
-        metrics.proposals_committed.set(status.commit);
+        metrics.raft_term.set(soft.term);
+        metrics.proposals_committed.set(commit);
         metrics.proposals_applied.set(self.applied);
         let pending = self.shared.waiters.lock().expect("waiters lock").len();
         metrics.proposals_pending.set(pending as u64);
         let next = NodeStatus {
             cluster_id: self.shared.cluster_id,
             member_id: self.shared.id,
-            leader: status.leader.unwrap_or(0),
-            raft_term: status.term,
-            raft_index: status.commit,
+            leader: soft.leader.unwrap_or(0),
+            raft_term: soft.term,
+            raft_index: commit,
             raft_applied_index: self.applied,
-            is_learner: status.membership.learners.contains(&self.shared.id),
+            is_learner: self.raw.membership().learners.contains(&self.shared.id),
         };
         self.shared.status.send_if_modified(|current| {
             if *current == next {
