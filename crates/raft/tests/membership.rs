@@ -629,3 +629,30 @@ fn a_new_leader_leaves_a_joint_configuration_its_predecessor_could_not() {
         assert_eq!(commit_of(&cluster, id), next);
     }
 }
+
+#[test]
+fn the_application_context_rides_with_the_joint_entry_and_the_entry_that_leaves_it() {
+    let mut cluster = cluster_with_spares(3, &[4, 5], |config| config);
+    let context = bytes::Bytes::from_static(b"m4 and m5 addresses");
+    let change =
+        skiff_raft::MembershipChange::new([AddVoter(4), AddVoter(5)]).with_context(context.clone());
+    let (joint_index, _) = cluster.node_mut(1).propose_membership(change).unwrap();
+    cluster.stabilize();
+    let status = cluster.node(1).status();
+    assert!(
+        !status.membership.is_joint(),
+        "left the joint configuration"
+    );
+    assert!(status.membership_index > joint_index);
+    for index in [joint_index, status.membership_index] {
+        let entry = cluster.node(1).entry(index).expect("held").clone();
+        assert_eq!(entry.kind, EntryKind::ConfigChange);
+        let (_, carried) = skiff_raft::decode_membership_context(&entry.data).unwrap();
+        assert_eq!(carried, &context[..], "entry {index}");
+    }
+    // Every member has heard from the leader lately.
+    assert_eq!(
+        cluster.node(1).status().recently_active,
+        set(&[1, 2, 3, 4, 5])
+    );
+}
