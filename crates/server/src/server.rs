@@ -249,6 +249,9 @@ pub async fn run(
         tick: config.heartbeat_interval,
         election_ticks,
         snapshot_count: config.snapshot_count,
+        // The core holds every entry since the last snapshot in memory: large values bring
+        // the snapshot forward so that this stays bounded.
+        snapshot_log_bytes: 256 << 20,
         snapshot_catchup_entries: config.snapshot_catchup_entries,
         kv_config,
         storage_config: StorageConfig {

@@ -114,10 +114,17 @@ struct TestCluster {
     dir: PathBuf,
     ids: Vec<NodeId>,
     nodes: BTreeMap<NodeId, Node>,
+    snapshot_count: u64,
+    snapshot_log_bytes: u64,
 }
 
 impl TestCluster {
     fn new(size: u64, name: &str) -> TestCluster {
+        TestCluster::with_snapshots(size, name, 50, 256 << 20)
+    }
+
+    /// A cluster whose members snapshot every `count` entries or `log_bytes` of payloads.
+    fn with_snapshots(size: u64, name: &str, count: u64, log_bytes: u64) -> TestCluster {
         let dir = std::env::temp_dir().join(format!(
             "skiff-node-cluster-{name}-{}-{}",
             std::process::id(),
@@ -129,6 +136,8 @@ impl TestCluster {
             dir,
             ids: (1..=size).collect(),
             nodes: BTreeMap::new(),
+            snapshot_count: count,
+            snapshot_log_bytes: log_bytes,
         };
         for id in cluster.ids.clone() {
             cluster.start(id);
@@ -161,7 +170,8 @@ impl TestCluster {
             snapshot_dir: self.dir.join(format!("m{id}-snap")),
             tick: Duration::from_millis(10),
             election_ticks: 10,
-            snapshot_count: 50,
+            snapshot_count: self.snapshot_count,
+            snapshot_log_bytes: self.snapshot_log_bytes,
             snapshot_catchup_entries: 10,
             kv_config: KvConfig::default(),
             storage_config: StorageConfig::small_for_tests(),
@@ -560,4 +570,33 @@ async fn membership_changes_are_checked_like_etcds_and_forwarded_to_the_leader()
     put(&via, "after", "removal")
         .await
         .expect("a put with two members");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_entries_bring_the_snapshot_forward() {
+    // Far fewer entries than the snapshot count, but more payload bytes than the log may hold.
+    let cluster = TestCluster::with_snapshots(3, "logbytes", 1_000_000, 32 << 10);
+    let leader = cluster.leader().await;
+    let value = "v".repeat(2048);
+    for i in 0..40 {
+        put(&cluster.handle(leader), &format!("k{i}"), &value)
+            .await
+            .expect("put");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for id in cluster.ids.clone() {
+        let wal = cluster.dir.join(format!("m{id}"));
+        loop {
+            let snapshots = std::fs::read_dir(&wal)
+                .expect("wal dir")
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().ends_with(".snap"))
+                .count();
+            if snapshots > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "m{id} took no snapshot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }

@@ -104,6 +104,7 @@ async fn start_member(
         tick: Duration::from_millis(20),
         election_ticks: 10,
         snapshot_count: 20,
+        snapshot_log_bytes: 256 << 20,
         snapshot_catchup_entries: 5,
         kv_config: KvConfig::default(),
         storage_config: StorageConfig::default(),

@@ -30,6 +30,10 @@ pub(crate) struct Applier {
     pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
     pub kv_config: KvConfig,
     pub snapshot_count: u64,
+    /// Payload bytes applied since the last snapshot that trigger one early.
+    pub snapshot_log_bytes: u64,
+    /// Payload bytes applied since the last snapshot.
+    pub bytes_since_snapshot: u64,
     pub last_snapshot_index: u64,
     /// Term of the entry at the store's applied index (the term a snapshot records).
     pub last_applied_term: u64,
@@ -125,6 +129,7 @@ impl Applier {
                     }
                 };
                 self.last_applied_term = entry.term;
+                self.bytes_since_snapshot += entry.data.len() as u64;
                 answers.push((entry.index, entry.term, response));
             }
             self.shared
@@ -194,12 +199,14 @@ impl Applier {
             }
         }
         self.last_snapshot_index = meta.index;
+        self.bytes_since_snapshot = 0;
         self.shared.publish_applied(meta.index, revision);
         let _ = self.internal.send(Internal::Applied { index: meta.index });
         Ok(())
     }
 
-    /// Every `snapshot_count` applied entries: copy the store (its structure; values are
+    /// Every `snapshot_count` applied entries (or `snapshot_log_bytes` of their payloads,
+    /// whichever comes first): copy the store (its structure; values are
     /// shared, reference-counted) and stream the copy, on a thread of its own, into a snapshot
     /// file the log writer opened, which it then publishes (and compacts the log it covers).
     /// Applying stops only for the copy, never for the streaming.
@@ -220,10 +227,13 @@ impl Applier {
             .read()
             .expect("store lock")
             .applied_index();
-        if self.snapshot_count == 0 || index < self.last_snapshot_index + self.snapshot_count {
+        let due = index >= self.last_snapshot_index + self.snapshot_count
+            || self.bytes_since_snapshot >= self.snapshot_log_bytes;
+        if self.snapshot_count == 0 || index <= self.last_snapshot_index || !due {
             return;
         }
         self.last_snapshot_index = index;
+        self.bytes_since_snapshot = 0;
         let meta = SnapshotMeta {
             index,
             term: self.last_applied_term,

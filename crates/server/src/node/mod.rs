@@ -87,6 +87,9 @@ pub struct NodeOptions {
     pub election_ticks: u32,
     /// Applied entries between snapshots (`--snapshot-count`; 0 disables snapshots).
     pub snapshot_count: u64,
+    /// Bytes of entry payloads applied since the last snapshot that also trigger one (the
+    /// core holds those entries in memory until a snapshot compacts them).
+    pub snapshot_log_bytes: u64,
     /// Entries kept in the log behind each snapshot (`--snapshot-catchup-entries`).
     pub snapshot_catchup_entries: u64,
     /// The state machine's limits (shared by every member).
@@ -375,6 +378,8 @@ impl Node {
             internal: internal_tx,
             kv_config: options.kv_config.clone(),
             snapshot_count: options.snapshot_count,
+            snapshot_log_bytes: options.snapshot_log_bytes,
+            bytes_since_snapshot: 0,
             last_snapshot_index: applied,
             last_applied_term: applied_term,
             // The store reflects the snapshot: its configuration until the log says otherwise.
