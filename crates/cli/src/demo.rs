@@ -12,9 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use skiff_etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use skiff_etcd_proto::etcdserverpb::kv_client::KvClient;
 use skiff_etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use skiff_etcd_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+use skiff_etcd_proto::etcdserverpb::{
+    MemberAddRequest, MemberPromoteRequest, PutRequest, RangeRequest, StatusRequest,
+};
 use tonic::transport::Channel;
 
 /// How the demo runs.
@@ -50,6 +53,65 @@ struct Member {
 }
 
 impl Member {
+    /// A member on loopback ports `(client, peer)` with its data and log in `dir`. An
+    /// `initial_cluster` that names members already running means joining them
+    /// (`--initial-cluster-state existing`).
+    fn new(
+        name: &str,
+        (client, peer): (u16, u16),
+        dir: &Path,
+        initial_cluster: &str,
+        options: &DemoOptions,
+    ) -> Member {
+        Member::with_state(name, (client, peer), dir, initial_cluster, "new", options)
+    }
+
+    fn with_state(
+        name: &str,
+        (client, peer): (u16, u16),
+        dir: &Path,
+        initial_cluster: &str,
+        state: &str,
+        options: &DemoOptions,
+    ) -> Member {
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let args = [
+            "serve",
+            "--name",
+            name,
+            "--data-dir",
+            &dir.join(format!("{name}.skiff")).display().to_string(),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            initial_cluster,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            "skiff-demo",
+            "--heartbeat-interval",
+            &options.heartbeat_interval_ms.to_string(),
+            "--election-timeout",
+            &options.election_timeout_ms.to_string(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        Member {
+            log: dir.join(format!("{name}.log")),
+            name: name.to_string(),
+            client_url,
+            args,
+            child: None,
+        }
+    }
+
     fn start(&mut self, binary: &Path) -> Result<()> {
         let log = File::options()
             .create(true)
@@ -157,42 +219,19 @@ impl DemoCluster {
             .map(|(i, (_, peer))| format!("m{}=http://127.0.0.1:{peer}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let mut members = Vec::new();
-        for (i, (client, peer)) in ports.iter().enumerate() {
-            let name = format!("m{}", i + 1);
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let args = vec![
-                "serve".to_string(),
-                "--name".into(),
-                name.clone(),
-                "--data-dir".into(),
-                dir.join(format!("{name}.skiff")).display().to_string(),
-                "--listen-client-urls".into(),
-                client_url.clone(),
-                "--advertise-client-urls".into(),
-                client_url.clone(),
-                "--listen-peer-urls".into(),
-                peer_url.clone(),
-                "--initial-advertise-peer-urls".into(),
-                peer_url,
-                "--initial-cluster".into(),
-                initial_cluster.clone(),
-                "--initial-cluster-token".into(),
-                "skiff-demo".into(),
-                "--heartbeat-interval".into(),
-                options.heartbeat_interval_ms.to_string(),
-                "--election-timeout".into(),
-                options.election_timeout_ms.to_string(),
-            ];
-            members.push(Member {
-                log: dir.join(format!("{name}.log")),
-                name,
-                client_url,
-                args,
-                child: None,
-            });
-        }
+        let members = ports
+            .iter()
+            .enumerate()
+            .map(|(i, ports)| {
+                Member::new(
+                    &format!("m{}", i + 1),
+                    *ports,
+                    &dir,
+                    &initial_cluster,
+                    options,
+                )
+            })
+            .collect();
         let mut cluster = DemoCluster {
             dir,
             binary,
@@ -389,7 +428,103 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     if count != 10 {
         bail!("expected 10 keys on the restarted member, found {count}");
     }
+    add_a_member(&mut cluster, leader, &options).await?;
     finish(cluster, &options).await
+}
+
+/// Scene 5: a new member is added as a learner (MemberAdd), started with
+/// `--initial-cluster-state existing`, catches up, and is promoted to a voter.
+async fn add_a_member(
+    cluster: &mut DemoCluster,
+    leader: usize,
+    options: &DemoOptions,
+) -> Result<()> {
+    let name = format!("m{}", cluster.members.len() + 1);
+    let ports = free_ports(2)?;
+    let peer_url = format!("http://127.0.0.1:{}", ports[1]);
+    let channel = Channel::from_shared(cluster.members[leader].client_url.clone())?
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .context("connecting to the leader")?;
+    let mut members = ClusterClient::new(channel);
+    let added = members
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![peer_url.clone()],
+            is_learner: true,
+        })
+        .await
+        .map_err(|status| anyhow!("member add: {}", status.message()))?
+        .into_inner();
+    let id = added.member.map_or(0, |member| member.id);
+    // What `etcdctl member add` prints as ETCD_INITIAL_CLUSTER.
+    let initial_cluster = added
+        .members
+        .iter()
+        .flat_map(|member| {
+            let name = if member.id == id {
+                name.clone()
+            } else {
+                member.name.clone()
+            };
+            member
+                .peer_ur_ls
+                .iter()
+                .map(move |url| format!("{name}={url}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    say(&format!(
+        "5. Adding {name} ({id:x}) as a learner with MemberAdd, then starting it with \
+         --initial-cluster-state existing."
+    ));
+    let mut member = Member::with_state(
+        &name,
+        (ports[0], ports[1]),
+        &cluster.dir,
+        &initial_cluster,
+        "existing",
+        options,
+    );
+    member.start(&cluster.binary)?;
+    cluster.members.push(member);
+    let new = cluster.members.len() - 1;
+    let joined = Instant::now();
+    let target = status(&cluster.members[leader].client_url)
+        .await
+        .map_or(0, |seen| seen.applied);
+    loop {
+        if status(&cluster.members[new].client_url)
+            .await
+            .is_some_and(|seen| seen.applied >= target)
+        {
+            break;
+        }
+        if joined.elapsed() > Duration::from_secs(20) {
+            bail!("{name} did not catch up within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    say(&format!(
+        "   {name} received the log and caught up in {} ms; as a learner it does not vote.",
+        joined.elapsed().as_millis()
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let promoted = loop {
+        match members.member_promote(MemberPromoteRequest { id }).await {
+            Ok(answer) => break answer.into_inner(),
+            // The leader promotes only a learner whose log is close to its own.
+            Err(status) if status.message().contains("in sync") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => bail!("member promote: {}", status.message()),
+        }
+    };
+    let voters = promoted.members.iter().filter(|m| !m.is_learner).count();
+    say(&format!(
+        "   promoted {name} with MemberPromote: the cluster now has {voters} voting members."
+    ));
+    Ok(())
 }
 
 async fn finish(cluster: DemoCluster, options: &DemoOptions) -> Result<()> {

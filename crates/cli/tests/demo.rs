@@ -36,6 +36,9 @@ fn the_demo_scenario_runs_to_the_end() {
         "put demo/10 -> revision 11",
         "finds 10 keys on the new leader",
         "finds 10 keys.",
+        "as a learner with MemberAdd",
+        "received the log and caught up in",
+        "now has 4 voting members",
         "Scenario complete",
     ] {
         assert!(
