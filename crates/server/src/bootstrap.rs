@@ -108,6 +108,12 @@ pub fn load_or_create(config: &ServerConfig) -> Result<ClusterInfo, BootstrapErr
 /// this member must be among its members with `--initial-advertise-peer-urls` (added with
 /// MemberAdd), and `--initial-cluster` must list exactly its members' peer URLs.
 pub fn join(config: &ServerConfig, view: &ClusterView) -> Result<ClusterInfo, BootstrapError> {
+    if config.name.contains(char::is_whitespace) {
+        return Err(BootstrapError::Config(format!(
+            "--name {:?}: a member name must not contain spaces",
+            config.name
+        )));
+    }
     let corrupt = |what: &str, error: String| {
         BootstrapError::Config(format!(
             "--initial-cluster-state existing: member {:x} described its {what} wrongly: {error}",
@@ -377,6 +383,11 @@ mod tests {
         short.initial_cluster.remove(0);
         let error = join(&short, &view(&members)).unwrap_err().to_string();
         assert!(error.contains("--initial-cluster lists 3"), "{error}");
+
+        let mut spaced = joiner.clone();
+        spaced.name = "m 4".into();
+        let error = join(&spaced, &view(&members)).unwrap_err().to_string();
+        assert!(error.contains("--name"), "{error}");
 
         let info = join(&joiner, &view(&members)).unwrap();
         assert_eq!(info.member_id, 0x44);

@@ -473,10 +473,13 @@ impl EventLoop {
         let membership = &status.membership;
         let mut registry = self.registry.current().clone();
         let view = self.shared.members.lock().expect("members lock");
-        // Names learned from the members themselves are replicated with the change.
+        // Names learned from the members themselves are replicated with the change (those
+        // the registry's text form can hold: non-empty, without spaces).
         for (id, record) in registry.members.iter_mut() {
             if let Some((name, _)) = view.heard.get(id) {
-                record.name.clone_from(name);
+                if !name.is_empty() && !name.contains(char::is_whitespace) {
+                    record.name.clone_from(name);
+                }
             }
         }
         let started = |id: &NodeId| view.started(*id);
