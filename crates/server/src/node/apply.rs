@@ -293,9 +293,7 @@ impl Applier {
                     self.shared.peers.remove(*id);
                 }
             }
-            for (id, record) in &registry.members {
-                self.shared.peers.ensure(*id, record.peer_urls.clone());
-            }
+            self.shared.peers.ensure_all(&registry);
             self.registry = registry;
         }
         self.membership = membership;

@@ -334,9 +334,7 @@ impl EventLoop {
             // Members added by configuration entries must be reachable before the messages
             // and acknowledgements for them go out.
             for registry in self.registry.append(&ready.entries) {
-                for (id, record) in &registry.members {
-                    self.shared.peers.ensure(*id, record.peer_urls.clone());
-                }
+                self.shared.peers.ensure_all(registry);
             }
             let mut messages = ready.messages;
             self.attach_snapshots(&mut messages);
@@ -449,9 +447,7 @@ impl EventLoop {
         let mut reader = std::io::BufReader::with_capacity(64 << 10, received.reader());
         match members::read_snapshot_prefix(&mut reader) {
             Ok(Some(registry)) => {
-                for (id, record) in &registry.members {
-                    self.shared.peers.ensure(*id, record.peer_urls.clone());
-                }
+                self.shared.peers.ensure_all(&registry);
                 self.registry.install(registry);
             }
             Ok(None) => {}

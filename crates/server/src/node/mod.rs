@@ -49,6 +49,13 @@ pub trait PeerDirectory: Send + Sync + 'static {
     fn ensure(&self, id: NodeId, urls: Vec<String>);
     /// Forgets `id` (it left the cluster).
     fn remove(&self, id: NodeId);
+
+    /// Makes every member of `registry` reachable.
+    fn ensure_all(&self, registry: &Registry) {
+        for (id, record) in &registry.members {
+            self.ensure(*id, record.peer_urls.clone());
+        }
+    }
 }
 
 /// A [`PeerDirectory`] for members whose peers are fixed (in-process tests).
@@ -279,11 +286,8 @@ impl Node {
         registry_log.append(&recovered.entries);
         // The log may keep a tail behind the snapshot: its registries are history.
         registry_log.applied(store.applied_index());
-        for registry in [&applied_registry, registry_log.current()] {
-            for (id, record) in &registry.members {
-                options.peers.ensure(*id, record.peer_urls.clone());
-            }
-        }
+        options.peers.ensure_all(&applied_registry);
+        options.peers.ensure_all(registry_log.current());
         let applied = store.applied_index();
         let revision = store.current_revision();
         let applied_term = recovered.snapshot.as_ref().map_or(0, |meta| meta.term);
