@@ -17,11 +17,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use skiff_raft::{Entry, EntryKind};
+use skiff_raft::Entry;
 use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageConfig};
 
-const ENTRY_BYTES: usize = 256;
+mod support;
+
+use support::{entry, ENTRY_BYTES};
 
 struct Options {
     segment_bytes: u64,
@@ -70,19 +71,6 @@ fn options() -> Options {
         position += 2;
     }
     options
-}
-
-fn entry(index: u64) -> Entry {
-    let mut data = vec![0u8; ENTRY_BYTES];
-    for (position, byte) in data.iter_mut().enumerate() {
-        *byte = (index as usize).wrapping_mul(31).wrapping_add(position) as u8;
-    }
-    Entry {
-        term: 1,
-        index,
-        kind: EntryKind::Normal,
-        data: Bytes::from(data),
-    }
 }
 
 fn percentile(sorted: &[Duration], percentile: f64) -> Duration {

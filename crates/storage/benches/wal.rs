@@ -20,12 +20,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use skiff_raft::{Entry, EntryKind};
+use skiff_raft::Entry;
 use skiff_storage::format::{encode_write, RECORD_HEADER_BYTES};
 use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageConfig};
 
-const ENTRY_BYTES: usize = 256;
+mod support;
+
+use support::{entry, ENTRY_BYTES};
 const BATCHES: [usize; 3] = [1, 16, 256];
 
 struct Options {
@@ -84,19 +85,6 @@ impl Latencies {
         self.samples.sort_unstable();
         let position = ((self.samples.len() as f64 - 1.0) * percentile).round() as usize;
         self.samples[position].as_secs_f64() * 1e6
-    }
-}
-
-fn entry(index: u64) -> Entry {
-    let mut data = vec![0u8; ENTRY_BYTES];
-    for (position, byte) in data.iter_mut().enumerate() {
-        *byte = (index as usize).wrapping_mul(31).wrapping_add(position) as u8;
-    }
-    Entry {
-        term: 1,
-        index,
-        kind: EntryKind::Normal,
-        data: Bytes::from(data),
     }
 }
 
