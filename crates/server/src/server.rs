@@ -293,10 +293,8 @@ pub async fn run(
             limits.clone(),
             inbox.clone(),
         );
-        let server = transport::server_builder(&limits)
-            .add_service(service)
-            .serve_with_incoming_shutdown(transport::incoming(listener), stopped(stop_rx.clone()));
-        servers.spawn(async move { ("peer", server.await.map_err(|e| e.to_string())) });
+        let server = transport::serve(service, listener, stopped(stop_rx.clone()));
+        servers.spawn(async move { ("peer", server.await) });
     }
     let health = {
         let handle = handle.clone();

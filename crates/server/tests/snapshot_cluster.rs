@@ -13,12 +13,11 @@ use skiff_raft::NodeId;
 use skiff_server::members::{MemberRecord, Registry};
 use skiff_server::node::{FixedPeers, Outbound};
 use skiff_server::transport::{
-    peer_service_with_snapshots, server_builder, ForwardFuture, ForwardHandler, PeerIdentity,
-    SnapshotInbox, Transport, TransportEvent, TransportLimits,
+    peer_service_with_snapshots, serve, ForwardFuture, ForwardHandler, PeerIdentity, SnapshotInbox,
+    Transport, TransportEvent, TransportLimits,
 };
 use skiff_server::{Backend, Node, NodeHandle, NodeOptions};
 use skiff_storage::StorageConfig;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const CLUSTER: u64 = 0x51;
 
@@ -126,13 +125,9 @@ async fn start_member(
         inbox.clone(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        server_builder(&limits())
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stopped.await;
-            }),
-    );
+    tokio::spawn(serve(service, listener, async {
+        let _ = stopped.await;
+    }));
     Member {
         node,
         transport,

@@ -14,7 +14,7 @@ use skiff_etcd_proto::skiffpb::peer_client::PeerClient;
 use skiff_etcd_proto::skiffpb::{SnapshotChunk, SnapshotHeader};
 use skiff_raft::{Membership, Message, MessageBody, NodeId, SnapshotMeta};
 use skiff_server::transport::{
-    codec, peer_service_with_snapshots, server_builder, EventSink, ForwardFuture, ForwardHandler,
+    codec, peer_service_with_snapshots, serve, EventSink, ForwardFuture, ForwardHandler,
     PeerIdentity, SnapshotInbox, SnapshotSource, SnapshotToken, Transport, TransportEvent,
     TransportLimits, PROTOCOL_VERSION,
 };
@@ -22,7 +22,6 @@ use skiff_storage::format::snapshot_file_name;
 use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const CLUSTER: u64 = 0x5a;
 const WAIT: Duration = Duration::from_secs(20);
@@ -162,13 +161,9 @@ async fn receiver(id: NodeId, dir: &Path) -> Receiver {
         inbox.clone(),
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        server_builder(&limits)
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stopped.await;
-            }),
-    );
+    tokio::spawn(serve(service, listener, async {
+        let _ = stopped.await;
+    }));
     Receiver {
         addr,
         inbox,

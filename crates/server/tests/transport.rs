@@ -10,12 +10,11 @@ use skiff_etcd_proto::skiffpb::peer_client::PeerClient;
 use skiff_etcd_proto::skiffpb::{peer_frame, Hello, MessageBatch, PeerFrame};
 use skiff_raft::{Entry, EntryKind, Membership, Message, MessageBody, NodeId, SnapshotMeta};
 use skiff_server::transport::{
-    codec, peer_service, server_builder, EventSink, ForwardError, ForwardFuture, ForwardHandler,
+    codec, peer_service, serve, EventSink, ForwardError, ForwardFuture, ForwardHandler,
     PeerIdentity, Transport, TransportEvent, TransportLimits, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
 
 const CLUSTER: u64 = 0xc1;
 
@@ -126,9 +125,10 @@ impl PeerServerProcess {
                 bound_tx.send(listener.local_addr().unwrap()).unwrap();
                 let limits = TransportLimits::default();
                 let service = peer_service(identity, sink, Arc::new(Echo), limits.clone());
-                let serve = server_builder(&limits)
-                    .add_service(service)
-                    .serve_with_incoming(TcpListenerStream::new(listener));
+                let (_never, forever) = tokio::sync::oneshot::channel::<()>();
+                let serve = serve(service, listener, async {
+                    let _ = forever.await;
+                });
                 tokio::select! {
                     result = serve => result.unwrap(),
                     _ = stopped => {}
@@ -610,6 +610,116 @@ async fn bad_hellos_and_frames_close_the_stream() {
         .filter(|e| matches!(e, TransportEvent::PeerInfo { .. }))
         .count();
     assert_eq!(infos, 2);
+}
+
+/// Sends `wire` on a plain-TCP message stream (after the magic) and returns what the
+/// receiver answered before closing: its refusal, or `None` if it closed without one.
+async fn message_stream(addr: SocketAddr, wire: &[u8]) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(skiff_server::transport::wire::MAGIC)
+        .await
+        .unwrap();
+    stream.write_all(wire).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the receiver closed the stream")
+        .unwrap();
+    if answer.is_empty() {
+        return None;
+    }
+    let len = u32::from_be_bytes(answer[..4].try_into().unwrap()) as usize;
+    assert_eq!(answer.len(), 4 + len, "one refusal frame");
+    Some(String::from_utf8(answer[4..].to_vec()).unwrap())
+}
+
+fn frames(frames: &[PeerFrame]) -> Vec<u8> {
+    let mut wire = bytes::BytesMut::new();
+    for frame in frames {
+        skiff_server::transport::wire::put_frame(&mut wire, frame);
+    }
+    wire.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tcp_message_streams_are_checked_like_grpc_streams() {
+    let b = member(2);
+    let addr = b.server.addr;
+    let good = || codec::encode(&heartbeat(1, 2, 1));
+
+    let refused = message_stream(
+        addr,
+        &frames(&[hello_frame(CLUSTER + 1, 1, 2), batch_frame(vec![good()])]),
+    )
+    .await;
+    assert!(
+        refused
+            .as_deref()
+            .unwrap_or("")
+            .contains("cluster ID mismatch"),
+        "{refused:?}"
+    );
+    let refused = message_stream(
+        addr,
+        &frames(&[hello_frame(CLUSTER, 1, 3), batch_frame(vec![good()])]),
+    )
+    .await;
+    assert!(
+        refused
+            .as_deref()
+            .unwrap_or("")
+            .contains("meant for member 3"),
+        "{refused:?}"
+    );
+    let refused = message_stream(addr, &frames(&[batch_frame(vec![good()])])).await;
+    assert_eq!(refused.as_deref(), Some("the first frame must be a hello"));
+    // A length beyond the frame limit is refused before anything is read into memory.
+    let refused = message_stream(addr, &u32::MAX.to_be_bytes()).await;
+    assert!(
+        refused
+            .as_deref()
+            .unwrap_or("")
+            .contains("exceeds the limit"),
+        "{refused:?}"
+    );
+    assert_eq!(b.recorder.messages(), Vec::new());
+
+    // A good stream: a forged sender is dropped, the rest delivered in order; an undecodable
+    // message then closes the stream with nothing of its frame, nor after it, delivered.
+    let forged = codec::encode(&heartbeat(3, 2, 2));
+    let truncated = codec::encode(&heartbeat(1, 2, 3)).slice(..4);
+    let refused = message_stream(
+        addr,
+        &frames(&[
+            hello_frame(CLUSTER, 1, 2),
+            batch_frame(vec![good(), forged]),
+            batch_frame(vec![codec::encode(&heartbeat(1, 2, 4))]),
+            batch_frame(vec![codec::encode(&heartbeat(1, 2, 5)), truncated]),
+            batch_frame(vec![codec::encode(&heartbeat(1, 2, 6))]),
+        ]),
+    )
+    .await;
+    assert!(
+        refused
+            .as_deref()
+            .unwrap_or("")
+            .contains("undecodable message"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        b.recorder.messages(),
+        vec![heartbeat(1, 2, 1), heartbeat(1, 2, 4)]
+    );
+    // A stream that ends cleanly gets no answer.
+    let ended = message_stream(
+        addr,
+        &frames(&[hello_frame(CLUSTER, 1, 2), batch_frame(vec![good()])]),
+    )
+    .await;
+    assert_eq!(ended, None);
+    assert_eq!(b.recorder.messages().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,14 +164,15 @@ impl DiskWriter {
                 self.synced_hard_state = hard_state;
             }
         }
+        // Acknowledgements first: on a follower they are what the leader waits for.
+        if !messages.is_empty() {
+            (self.outbound)(messages);
+        }
         if let Some((index, term)) = last_entry {
             let _ = self.internal.send(Internal::Persisted { index, term });
         }
         for meta in compacted {
             let _ = self.internal.send(Internal::Compacted { meta });
-        }
-        if !messages.is_empty() {
-            (self.outbound)(messages);
         }
         Ok(())
     }

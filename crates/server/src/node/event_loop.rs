@@ -31,6 +31,9 @@ const LEASE_CHECK_TICKS: u64 = 5;
 const MAX_EXPIRED_PER_COMMAND: u32 = 1000;
 /// etcd promotes a learner once its log holds this share of the leader's.
 const LEARNER_READY_PERCENT: f64 = 0.9;
+/// Where a linearizable read's index is sent.
+type ReadReply = oneshot::Sender<Result<u64, ServerError>>;
+
 /// etcd allows this many learners at a time.
 const MAX_LEARNERS: usize = 1;
 
@@ -50,7 +53,11 @@ pub(crate) struct EventLoop {
     /// unless the core installs them).
     received: HashMap<Bytes, Arc<ReceivedSnapshot>>,
     next_read_context: u64,
-    reads: HashMap<u64, oneshot::Sender<Result<u64, ServerError>>>,
+    /// Linearizable reads asked for this turn: they share one ReadIndex request, sent when
+    /// the turn's events are handled.
+    new_reads: Vec<ReadReply>,
+    /// Reads waiting for their ReadIndex answer, by request context.
+    reads: HashMap<u64, Vec<ReadReply>>,
     transfer: Option<(u64, oneshot::Sender<Result<(), ServerError>>)>,
     ticks: u64,
     /// Index of the last lease-expiry proposal: no new one until it is applied.
@@ -90,6 +97,7 @@ impl EventLoop {
             snapshot_dir,
             received: HashMap::new(),
             next_read_context: 1,
+            new_reads: Vec::new(),
             reads: HashMap::new(),
             transfer: None,
             ticks: 0,
@@ -276,21 +284,7 @@ impl EventLoop {
                     let _ = reply.send(Err(error));
                 }
             },
-            Event::ReadIndex { reply } => {
-                let context = self.next_read_context;
-                self.next_read_context += 1;
-                match self.raw.read_index(context) {
-                    Ok(()) => {
-                        self.reads.insert(context, reply);
-                    }
-                    Err(RaftError::NotLeader { .. }) => {
-                        let _ = reply.send(Err(ServerError::NoLeader));
-                    }
-                    Err(_) => {
-                        let _ = reply.send(Err(ServerError::TooManyRequests));
-                    }
-                }
-            }
+            Event::ReadIndex { reply } => self.new_reads.push(reply),
             Event::TransferLeader { target, reply } => match self.raw.transfer_leader(target) {
                 Ok(()) => {
                     if let Some((_, previous)) = self.transfer.replace((target, reply)) {
@@ -310,7 +304,31 @@ impl EventLoop {
         }
     }
 
+    /// Asks the core for one read index on behalf of every read that arrived this turn (a
+    /// follower sends one message to the leader for all of them; the leader confirms them
+    /// with one heartbeat round).
+    fn request_read_index(&mut self) {
+        if self.new_reads.is_empty() {
+            return;
+        }
+        let replies = std::mem::take(&mut self.new_reads);
+        let context = self.next_read_context;
+        self.next_read_context += 1;
+        let error = match self.raw.read_index(context) {
+            Ok(()) => {
+                self.reads.insert(context, replies);
+                return;
+            }
+            Err(RaftError::NotLeader { .. }) => ServerError::NoLeader,
+            Err(_) => ServerError::TooManyRequests,
+        };
+        for reply in replies {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
     fn process_ready(&mut self) -> Result<(), String> {
+        self.request_read_index();
         while self.raw.has_ready() {
             let ready = self.raw.ready();
             if let Some(soft) = ready.soft_state {
@@ -336,11 +354,6 @@ impl EventLoop {
             for registry in self.registry.append(&ready.entries) {
                 self.shared.peers.ensure_all(registry);
             }
-            let mut messages = ready.messages;
-            self.attach_snapshots(&mut messages);
-            if !messages.is_empty() {
-                (self.outbound)(messages);
-            }
             let needs_disk = snapshot.is_some()
                 || ready.hard_state.is_some()
                 || !ready.entries.is_empty()
@@ -356,11 +369,18 @@ impl EventLoop {
                     tracing::error!("log writer is gone");
                 }
             }
+            // After the log writer has its work: on the leader its write and the followers'
+            // overlap, and the slower of them decides when the entries commit.
+            let mut messages = ready.messages;
+            self.attach_snapshots(&mut messages);
+            if !messages.is_empty() {
+                (self.outbound)(messages);
+            }
             if !ready.committed_entries.is_empty() {
                 let _ = self.apply.send(ApplyTask::Entries(ready.committed_entries));
             }
             for read in ready.read_states {
-                if let Some(reply) = self.reads.remove(&read.context) {
+                for reply in self.reads.remove(&read.context).unwrap_or_default() {
                     let _ = reply.send(read.index.ok_or(ServerError::NoLeader));
                 }
             }
@@ -388,6 +408,15 @@ impl EventLoop {
         self.shared
             .metrics
             .observe_leader(leader, leader == self.shared.id, previous);
+        if leader != previous && !self.reads.is_empty() {
+            // A read index asked of the previous leader may never be answered: say so now
+            // rather than at the client's deadline (and keep no waiters forever).
+            for (_, replies) in self.reads.drain() {
+                for reply in replies {
+                    let _ = reply.send(Err(ServerError::LeaderChanged));
+                }
+            }
+        }
         if leader != previous && leader != 0 {
             tracing::info!(
                 member = format_args!("{:x}", self.shared.id),

@@ -771,7 +771,8 @@ impl Backend for NodeHandle {
             self.send_event(Event::ReadIndex { reply }).await?;
             let index = match tokio::time::timeout_at(deadline.into(), answer).await {
                 Ok(Ok(Ok(index))) => index,
-                Ok(Ok(Err(ServerError::NoLeader))) => {
+                // No leader, or the one asked stepped down: ask again once one leads.
+                Ok(Ok(Err(ServerError::NoLeader | ServerError::LeaderChanged))) => {
                     if !self
                         .wait_status(deadline, |status| status.leader != 0)
                         .await

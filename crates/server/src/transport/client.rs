@@ -6,20 +6,20 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use skiff_etcd_proto::skiffpb::peer_client::PeerClient;
-use skiff_etcd_proto::skiffpb::{peer_frame, ForwardRequest, Hello, MessageBatch, PeerFrame};
+use skiff_etcd_proto::skiffpb::{peer_frame, ForwardRequest, Hello, PeerFrame};
 use skiff_raft::NodeId;
-use tokio::sync::mpsc;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{
-    codec, EventSink, ForwardError, PeerIdentity, PeerQueue, Queued, TransportEvent,
-    TransportLimits, PROTOCOL_VERSION,
+    wire, EventSink, ForwardError, PeerIdentity, PeerQueue, Queued, TransportEvent,
+    TransportLimits, Work, PROTOCOL_VERSION,
 };
 
 /// Protobuf overhead of a frame around its batch, upper bound.
-const FRAME_OVERHEAD: usize = 32;
+pub(super) const FRAME_OVERHEAD: usize = 32;
 
 /// An endpoint for `url` with the transport's connection settings.
 fn endpoint(url: &str, limits: &TransportLimits) -> Result<Endpoint, tonic::transport::Error> {
@@ -109,14 +109,14 @@ impl PeerLink {
             let started = Instant::now();
             let failure = match self.urls.get(attempt % self.urls.len().max(1)) {
                 None => "peer has no URLs".to_string(),
-                Some(url) => match connect(url, &self.limits).await {
+                Some(url) => match connect_message_stream(url, &self.limits).await {
                     Err(e) => {
                         attempt = attempt.wrapping_add(1);
                         e
                     }
-                    Ok(channel) => {
+                    Ok(stream) => {
                         tracing::debug!(peer = %peer, url = %url, "connected to peer");
-                        match self.stream(channel).await {
+                        match self.stream(stream).await {
                             StreamEnd::Closed => break,
                             StreamEnd::Broken(e) => e,
                         }
@@ -149,50 +149,68 @@ impl PeerLink {
         }
     }
 
-    /// One stream on `channel`: the hello, then a frame per batch, until it breaks.
-    async fn stream(&self, channel: Channel) -> StreamEnd {
-        let mut client = PeerClient::new(channel)
-            .max_encoding_message_size(self.limits.max_frame_bytes)
-            .max_decoding_message_size(self.limits.max_frame_bytes);
-        // Room for the hello plus one frame: more would only hide backpressure from the queue.
-        let (tx, rx) = mpsc::channel::<PeerFrame>(2);
-        if tx.try_send(self.hello()).is_err() {
-            return StreamEnd::Broken("stream channel refused the hello".into());
+    /// One message stream (see [`wire`]): the magic and the hello, then frames, until it
+    /// breaks. While it is up, [`PeerQueue::push`] writes to it directly when it can; this
+    /// task writes what could not be written that way. The receiver sends nothing unless it
+    /// refuses the stream, so anything read (or the connection closing) ends it.
+    async fn stream(&self, stream: TcpStream) -> StreamEnd {
+        let (read, write) = stream.into_split();
+        let write = Arc::new(write);
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        buf.extend_from_slice(wire::MAGIC);
+        wire::put_frame(&mut buf, &self.hello());
+        if let Err(e) = write_all(&write, &buf).await {
+            return StreamEnd::Broken(format!("sending the hello failed: {e}"));
         }
-        let call = client.stream(ReceiverStream::new(rx));
-        tokio::pin!(call);
-        let budget = self
-            .limits
-            .max_frame_bytes
-            .saturating_sub(FRAME_OVERHEAD)
-            .max(1);
+        self.queue.attach(Arc::clone(&write));
+        let mut answers = wire::FrameReader::new(read, BytesMut::new(), MAX_REFUSAL_BYTES);
+        let ended = async {
+            match answers.next().await {
+                Ok(reason) => StreamEnd::Broken(format!(
+                    "peer refused the stream: {}",
+                    String::from_utf8_lossy(&reason)
+                )),
+                Err(e) => StreamEnd::Broken(format!("peer closed the stream: {e}")),
+            }
+        };
+        tokio::pin!(ended);
+        let budget = frame_budget(&self.limits);
         loop {
-            let batch = tokio::select! {
-                result = &mut call => return ended(result),
-                batch = self.queue.next_batch(budget) => batch,
+            let work = tokio::select! {
+                end = &mut ended => return end,
+                work = self.queue.next_work(budget) => work,
             };
-            let Some(batch) = batch else {
-                return StreamEnd::Closed;
-            };
-            let Some(frame) = self.frame(batch, budget) else {
-                continue;
+            let bytes = match work {
+                None => return StreamEnd::Closed,
+                Some(Work::Unsent(bytes)) => bytes,
+                Some(Work::Batch(batch)) => {
+                    buf.clear();
+                    if buf.capacity() > MAX_KEPT_BUFFER {
+                        buf = BytesMut::with_capacity(64 << 10);
+                    }
+                    if !self.put_batch(batch, budget, &mut buf) {
+                        self.queue.written();
+                        continue;
+                    }
+                    buf.split().freeze()
+                }
             };
             tokio::select! {
-                result = &mut call => return ended(result),
-                sent = tx.send(frame) => {
-                    if sent.is_err() {
-                        return StreamEnd::Broken("stream closed".into());
+                end = &mut ended => return end,
+                written = write_all(&write, &bytes) => {
+                    if let Err(e) = written {
+                        return StreamEnd::Broken(format!("write failed: {e}"));
                     }
                 }
             }
+            self.queue.written();
         }
     }
 
-    /// Encodes a batch into one frame; drops (and logs) a message that alone exceeds the frame
-    /// limit. `None` when nothing is left to send.
-    fn frame(&self, batch: Vec<Queued>, budget: usize) -> Option<PeerFrame> {
-        let mut total = 0;
-        let mut buf = BytesMut::new();
+    /// Encodes a batch as one frame into `buf` (each message straight into place, no
+    /// intermediate copies); drops (and logs) a message that alone exceeds the frame limit.
+    /// False when nothing is left to send.
+    fn put_batch(&self, batch: Vec<Queued>, budget: usize, buf: &mut BytesMut) -> bool {
         let mut messages = Vec::with_capacity(batch.len());
         for Queued { message, size } in batch {
             if size > budget {
@@ -205,36 +223,118 @@ impl PeerLink {
                 );
                 continue;
             }
-            total += size;
-            codec::encode_into(&message, &mut buf);
-            messages.push(buf.split().freeze());
+            messages.push(message);
         }
         if messages.is_empty() {
-            return None;
+            return false;
         }
-        tracing::trace!(peer = %format_args!("{:x}", self.id), count = messages.len(), bytes = total, "sending frame");
-        Some(PeerFrame {
-            frame: Some(peer_frame::Frame::Batch(MessageBatch { messages })),
-        })
+        tracing::trace!(peer = %format_args!("{:x}", self.id), count = messages.len(), "sending frame");
+        wire::put_batch(buf, messages.iter());
+        true
     }
 }
 
-/// Describes how a stream call ended (it only ends early on failure or refusal).
-fn ended(
-    result: Result<tonic::Response<skiff_etcd_proto::skiffpb::StreamEnd>, tonic::Status>,
-) -> StreamEnd {
-    match result {
-        Ok(_) => StreamEnd::Broken("peer ended the stream".into()),
-        Err(status) => StreamEnd::Broken(format!(
-            "stream failed: {:?} {}{}",
-            status.code(),
-            status.message(),
-            status
-                .source()
-                .map(|source| format!(": {}", error_chain(source)))
-                .unwrap_or_default()
-        )),
+/// Writes all of `bytes` to a stream that other threads may also write to when idle (see
+/// [`PeerQueue::push`]).
+async fn write_all(stream: &OwnedWriteHalf, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
+}
+
+/// Most bytes of messages in one frame.
+pub(super) fn frame_budget(limits: &TransportLimits) -> usize {
+    limits.max_frame_bytes.saturating_sub(FRAME_OVERHEAD).max(1)
+}
+
+/// Largest refusal a receiver sends back.
+const MAX_REFUSAL_BYTES: usize = 64 << 10;
+/// A write buffer grown past this by a large batch is not kept for the next one.
+const MAX_KEPT_BUFFER: usize = 4 << 20;
+
+/// Opens a TCP connection to the peer port in `url` for a message stream: no delay, and
+/// kept alive so that a peer gone silent breaks the stream (as HTTP/2 pings do for gRPC).
+async fn connect_message_stream(url: &str, limits: &TransportLimits) -> Result<TcpStream, String> {
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .map_err(|e| format!("bad peer URL {url:?}: {e}"))?;
+    let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+        return Err(format!("bad peer URL {url:?}: no host and port"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let stream = match tokio::time::timeout(
+        limits.connect_timeout,
+        TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("connect to {url} failed: {e}")),
+        Err(_) => return Err(format!("connect to {url} timed out")),
+    };
+    let socket = socket2::SockRef::from(&stream);
+    let configured = stream
+        .set_nodelay(true)
+        .and_then(|()| {
+            socket.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(limits.keepalive_interval)
+                    .with_interval(limits.keepalive_interval)
+                    .with_retries(1),
+            )
+        })
+        .and_then(|()| {
+            socket.set_tcp_user_timeout(Some(limits.keepalive_interval + limits.keepalive_timeout))
+        });
+    if let Err(e) = configured {
+        return Err(format!("setting up the connection to {url} failed: {e}"));
+    }
+    // Once a partition heals, data sent into it waits for the next retransmission, and
+    // TCP's exponential backoff would make that seconds: an election would wait for it.
+    // Retransmit thin streams at a steady pace, and cap the backoff where the kernel can.
+    if let Err(e) = socket.set_tcp_thin_linear_timeouts(true) {
+        tracing::debug!(error = %e, "TCP_THIN_LINEAR_TIMEOUTS not set");
+    }
+    if let Err(e) = cap_retransmission_timeout(&stream, limits.retransmit_max) {
+        tracing::debug!(error = %e, "TCP_RTO_MAX_MS not set (Linux 6.15 or later)");
+    }
+    Ok(stream)
+}
+
+/// Sets the connection's largest retransmission timeout (Linux's `TCP_RTO_MAX_MS`).
+#[cfg(target_os = "linux")]
+fn cap_retransmission_timeout(stream: &TcpStream, max: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    /// From linux/tcp.h (not yet in the libc crate).
+    const TCP_RTO_MAX_MS: libc::c_int = 44;
+    let millis = libc::c_int::try_from(max.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int of the size passed.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_RTO_MAX_MS,
+            (&millis as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cap_retransmission_timeout(_stream: &TcpStream, _max: Duration) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 /// The forwarding connection to one peer, made on first use and remade after a failure.
@@ -334,4 +434,50 @@ fn refused(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Reads TCP_RTO_MAX_MS back.
+    fn retransmission_timeout_cap(stream: &TcpStream) -> std::io::Result<libc::c_int> {
+        use std::os::fd::AsRawFd;
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket descriptor, and a c_int with its size.
+        let result = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                44,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if result == 0 {
+            Ok(value)
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    #[tokio::test]
+    async fn message_streams_retransmit_at_a_steady_pace() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let limits = TransportLimits {
+            retransmit_max: Duration::from_millis(1500),
+            ..TransportLimits::default()
+        };
+        let stream = connect_message_stream(&url, &limits).await.unwrap();
+        assert!(socket2::SockRef::from(&stream)
+            .tcp_thin_linear_timeouts()
+            .unwrap());
+        match retransmission_timeout_cap(&stream) {
+            Ok(millis) => assert_eq!(millis, 1500),
+            // Kernels before 6.15 have no such option; the linear timeouts above remain.
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOPROTOOPT), "{e}"),
+        }
+    }
 }

@@ -1,18 +1,24 @@
 //! The peer transport: how members carry Raft messages and forwarded client requests to each
-//! other over gRPC (`skiffpb.Peer`, see [`skiff_etcd_proto::skiffpb`]).
+//! other. Raft messages travel on plain TCP connections ([`wire`]); everything else is gRPC
+//! (`skiffpb.Peer`, see [`skiff_etcd_proto::skiffpb`]). Both share the peer port: [`serve`]
+//! tells them apart by a connection's first bytes.
 //!
-//! **Sending.** [`Transport`] keeps one bounded queue and one long-lived client stream per
-//! peer. [`Transport::send`] never waits: it puts messages on the recipients' queues, and a
-//! full queue drops the message and reports [`TransportEvent::Unreachable`]. Each peer has its
-//! own task that connects, sends a hello, then sends everything queued as one frame per write
-//! (a batch of messages encoded by [`codec`]). When a connection attempt fails or the stream
-//! breaks, the task reports `Unreachable`, discards what is queued (Raft resends what matters
-//! once it probes the follower again) and reconnects with jittered exponential backoff.
+//! **Sending.** [`Transport`] keeps one bounded queue and one long-lived message stream per
+//! peer. [`Transport::send`] never waits: while the peer's stream is up and nothing is
+//! waiting ahead, it writes the messages as one frame straight to the socket, from the
+//! caller's thread; otherwise it puts them on the peer's queue, and a full queue drops the
+//! message and reports [`TransportEvent::Unreachable`]. Each peer has its own task that
+//! connects, sends a hello, then writes whatever could not be written directly (queued
+//! messages as one frame per write). When a connection attempt fails or the stream breaks,
+//! the task reports `Unreachable`, discards what is queued (Raft resends what matters once it
+//! probes the follower again) and reconnects with jittered exponential backoff.
 //!
-//! **Receiving.** [`peer_service`] builds the gRPC service. A stream must open with a hello
-//! from this cluster addressed to this member; after that every frame's messages are decoded
-//! and handed to the sink as one [`TransportEvent::Messages`]. A bad hello or an undecodable
-//! frame closes the stream with an error status; messages claiming another sender are dropped.
+//! **Receiving.** [`peer_service`] builds the receiver. A stream must open with a hello from
+//! this cluster addressed to this member; after that every frame's messages are decoded and
+//! handed to the sink as one [`TransportEvent::Messages`]. A bad hello or an undecodable
+//! frame closes the stream (with the reason; on gRPC, an error status); messages claiming
+//! another sender are dropped. The gRPC `Stream` call carries the same frames, for senders
+//! that use it.
 //!
 //! **Snapshots** ([`snapshot`]) do not travel on the message stream. An InstallSnapshot
 //! message whose data is a [`SnapshotToken::Local`] is handed to a transfer task of its own
@@ -29,6 +35,7 @@
 
 pub mod codec;
 pub mod snapshot;
+pub mod wire;
 
 mod client;
 mod server;
@@ -40,8 +47,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use skiff_etcd_proto::skiffpb::peer_server::PeerServer;
 use skiff_raft::{Message, NodeId};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 pub use server::PeerService;
@@ -124,6 +134,10 @@ pub struct TransportLimits {
     pub keepalive_interval: Duration,
     /// How long to wait for a keep-alive ping's answer before closing the connection.
     pub keepalive_timeout: Duration,
+    /// Longest TCP retransmission timeout on message streams, where the kernel allows
+    /// setting it (Linux 6.15 or later, 1 to 120 s): how long data sent into a healed
+    /// partition may still wait.
+    pub retransmit_max: Duration,
     /// Largest snapshot chunk sent, in bytes (must stay below `max_frame_bytes`).
     pub snapshot_chunk_bytes: usize,
     /// Snapshot bytes sent per second to one peer (0: unlimited).
@@ -146,6 +160,7 @@ impl Default for TransportLimits {
             connection_window_bytes: 16 << 20,
             keepalive_interval: Duration::from_secs(5),
             keepalive_timeout: Duration::from_secs(5),
+            retransmit_max: Duration::from_secs(1),
             snapshot_chunk_bytes: 1 << 20,
             snapshot_bytes_per_sec: 256 << 20,
             snapshot_attempts: 5,
@@ -253,19 +268,15 @@ pub async fn fetch_cluster(
     Err(failures.join("; "))
 }
 
-/// Builds the gRPC service that receives peer streams and forwarded requests. Serve it on the
-/// member's peer listener, e.g. with [`server_builder`] and [`incoming`]. It refuses
-/// snapshots: see [`peer_service_with_snapshots`].
+/// Builds what receives peer streams and forwarded requests; serve it on the member's peer
+/// listener with [`serve`]. It refuses snapshots: see [`peer_service_with_snapshots`].
 pub fn peer_service(
     identity: PeerIdentity,
     sink: EventSink,
     forward: Arc<dyn ForwardHandler>,
     limits: TransportLimits,
-) -> PeerServer<PeerService> {
-    let max_frame_bytes = limits.max_frame_bytes;
-    PeerServer::new(PeerService::new(identity, sink, forward, limits, None))
-        .max_decoding_message_size(max_frame_bytes)
-        .max_encoding_message_size(max_frame_bytes)
+) -> PeerService {
+    PeerService::new(identity, sink, forward, limits, None)
 }
 
 /// Like [`peer_service`], and receives snapshots into `inbox`: a complete snapshot is
@@ -276,17 +287,96 @@ pub fn peer_service_with_snapshots(
     forward: Arc<dyn ForwardHandler>,
     limits: TransportLimits,
     inbox: Arc<SnapshotInbox>,
-) -> PeerServer<PeerService> {
-    let max_frame_bytes = limits.max_frame_bytes;
-    PeerServer::new(PeerService::new(
-        identity,
-        sink,
-        forward,
-        limits,
-        Some(inbox),
-    ))
-    .max_decoding_message_size(max_frame_bytes)
-    .max_encoding_message_size(max_frame_bytes)
+) -> PeerService {
+    PeerService::new(identity, sink, forward, limits, Some(inbox))
+}
+
+/// The gRPC service of `service` (forwarding, snapshots, the cluster query, and message
+/// streams from members that send them over gRPC).
+fn grpc_service(service: PeerService) -> PeerServer<PeerService> {
+    let max_frame_bytes = service.max_frame_bytes();
+    PeerServer::new(service)
+        .max_decoding_message_size(max_frame_bytes)
+        .max_encoding_message_size(max_frame_bytes)
+}
+
+/// How long an accepted connection may take to show whether it is a message stream.
+const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves the peer port on `listener` until `shutdown` resolves: message streams on plain TCP
+/// (see [`wire`]) and, on the same port, the gRPC service.
+pub async fn serve(
+    service: PeerService,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(64);
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = tokio::spawn(
+        server_builder(service.limits())
+            .add_service(grpc_service(service.clone()))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(grpc_rx),
+                async {
+                    let _ = grpc_stopped.await;
+                },
+            ),
+    );
+    // Message streams and connections not yet classified; dropped (so aborted) at shutdown.
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    let service = service.clone();
+                    let grpc_tx = grpc_tx.clone();
+                    connections.spawn(async move {
+                        if is_message_stream(&stream).await {
+                            service.serve_message_stream(stream, remote.to_string()).await;
+                        } else {
+                            let _ = grpc_tx.send(Ok(stream)).await;
+                        }
+                    });
+                }
+                Err(error) => {
+                    // E.g. out of file descriptors: keep serving those already open.
+                    tracing::warn!(%error, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(connections);
+    let _ = stop_grpc.send(());
+    match grpc.await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// True once the connection's first bytes are [`wire::MAGIC`]; false as soon as they differ
+/// (an HTTP/2 client), or if it closes or stays silent too long.
+async fn is_message_stream(stream: &TcpStream) -> bool {
+    let deadline = tokio::time::Instant::now() + CLASSIFY_TIMEOUT;
+    let mut first = [0u8; wire::MAGIC.len()];
+    loop {
+        let seen = match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Ok(Ok(seen)) => seen,
+            Ok(Err(_)) | Err(_) => return false,
+        };
+        if seen == 0 || first[..seen] != wire::MAGIC[..seen] {
+            return false;
+        }
+        if seen == wire::MAGIC.len() {
+            return true;
+        }
+        // Part of the magic so far: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// A tonic server builder with the transport's HTTP/2 settings (windows, keep-alive,
@@ -321,6 +411,22 @@ struct QueueState {
     messages: VecDeque<Queued>,
     bytes: usize,
     closed: bool,
+    /// The peer's message stream while it is up: with nothing queued, unsent or being
+    /// written ahead of them, [`PeerQueue::push`] writes new messages straight to it, from the
+    /// caller's thread, without waking the peer's task.
+    direct: Option<Arc<OwnedWriteHalf>>,
+    /// The rest of a frame `push` could not write whole: the task writes it before anything.
+    unsent: Option<Bytes>,
+    /// The task is writing what it took from the queue.
+    writing: bool,
+}
+
+/// What the peer's task writes next.
+enum Work {
+    /// The rest of a frame written in part by [`PeerQueue::push`].
+    Unsent(Bytes),
+    /// Queued messages, to encode as one frame.
+    Batch(Vec<Queued>),
 }
 
 /// One peer's outbound queue, shared by [`Transport::send`] and the peer's task.
@@ -338,13 +444,31 @@ impl PeerQueue {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Appends what fits; returns how many messages were dropped.
+    /// Sends or queues `messages`; returns how many were dropped. When the stream is up and
+    /// idle they are written at once as one frame (what the socket does not take now is left
+    /// to the task); otherwise queued, as far as they fit.
     fn push(&self, messages: Vec<Queued>, limits: &TransportLimits) -> usize {
-        let mut dropped = 0;
         let mut state = self.lock();
         if state.closed {
             return messages.len();
         }
+        let idle = state.messages.is_empty() && state.unsent.is_none() && !state.writing;
+        if let (true, Some(direct)) = (idle, state.direct.as_ref()) {
+            let size: usize = messages.iter().map(|queued| queued.size).sum();
+            if size <= client::frame_budget(limits) {
+                let mut frame = BytesMut::with_capacity(size + client::FRAME_OVERHEAD);
+                wire::put_batch(&mut frame, messages.iter().map(|queued| &queued.message));
+                // Would block, or failed: the task writes it (and finds out which).
+                let written = direct.try_write(&frame).unwrap_or_default();
+                if written < frame.len() {
+                    state.unsent = Some(frame.freeze().slice(written..));
+                    drop(state);
+                    self.notify.notify_one();
+                }
+                return 0;
+            }
+        }
+        let mut dropped = 0;
         for queued in messages {
             let fits = state.messages.len() < limits.queue_len
                 && (state.messages.is_empty() || state.bytes + queued.size <= limits.queue_bytes);
@@ -360,14 +484,24 @@ impl PeerQueue {
         dropped
     }
 
-    /// Waits for queued messages and takes as many as fit in `budget` bytes (at least one).
-    /// `None` once the queue is closed.
-    async fn next_batch(&self, budget: usize) -> Option<Vec<Queued>> {
+    /// The stream is up: later pushes may write to it directly.
+    fn attach(&self, stream: Arc<OwnedWriteHalf>) {
+        self.lock().direct = Some(stream);
+    }
+
+    /// Waits for work: a partly written frame first, else as many queued messages as fit in
+    /// `budget` bytes (at least one). Until [`PeerQueue::written`], pushes queue. `None` once
+    /// the queue is closed.
+    async fn next_work(&self, budget: usize) -> Option<Work> {
         loop {
             {
                 let mut state = self.lock();
                 if state.closed {
                     return None;
+                }
+                if let Some(unsent) = state.unsent.take() {
+                    state.writing = true;
+                    return Some(Work::Unsent(unsent));
                 }
                 if !state.messages.is_empty() {
                     let mut batch = Vec::new();
@@ -381,19 +515,29 @@ impl PeerQueue {
                         state.bytes -= queued.size;
                         batch.push(queued);
                     }
-                    return Some(batch);
+                    state.writing = true;
+                    return Some(Work::Batch(batch));
                 }
             }
             self.notify.notified().await;
         }
     }
 
-    /// Drops everything queued; returns how many messages that was.
+    /// The task wrote what [`PeerQueue::next_work`] gave it.
+    fn written(&self) {
+        self.lock().writing = false;
+    }
+
+    /// The stream ended: drops it and everything queued or unsent; returns how many messages
+    /// were queued.
     fn clear(&self) -> usize {
         let mut state = self.lock();
         let dropped = state.messages.len();
         state.messages.clear();
         state.bytes = 0;
+        state.direct = None;
+        state.unsent = None;
+        state.writing = false;
         dropped
     }
 
@@ -406,6 +550,8 @@ impl PeerQueue {
         state.closed = true;
         state.messages.clear();
         state.bytes = 0;
+        state.direct = None;
+        state.unsent = None;
         drop(state);
         self.notify.notify_one();
     }

@@ -2,12 +2,19 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
+use skiff_etcd_proto::prost::Message as _;
 use skiff_etcd_proto::skiffpb::peer_server::Peer;
 use skiff_etcd_proto::skiffpb::{
-    peer_frame, ClusterRequest, ClusterResponse, ForwardRequest, ForwardResponse, Hello, PeerFrame,
-    SnapshotAck, SnapshotChunk, SnapshotHeader, StreamEnd,
+    peer_frame, ClusterRequest, ClusterResponse, ForwardRequest, ForwardResponse, Hello,
+    MessageBatch, PeerFrame, SnapshotAck, SnapshotChunk, SnapshotHeader, StreamEnd,
 };
+use skiff_raft::NodeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use super::wire::{self, FrameReader, ReadError, MAGIC};
 
 use super::PROTOCOL_VERSION;
 use super::{
@@ -15,7 +22,8 @@ use super::{
 };
 
 /// Receives peer streams and forwarded requests for one member. Built by
-/// [`peer_service`](super::peer_service).
+/// [`peer_service`](super::peer_service), served by [`serve`](super::serve).
+#[derive(Clone)]
 pub struct PeerService {
     identity: Arc<PeerIdentity>,
     sink: EventSink,
@@ -48,6 +56,14 @@ impl PeerService {
             limits,
             inbox,
         }
+    }
+
+    pub(super) fn limits(&self) -> &TransportLimits {
+        &self.limits
+    }
+
+    pub(super) fn max_frame_bytes(&self) -> usize {
+        self.limits.max_frame_bytes
     }
 
     fn inbox(&self) -> Result<&Arc<SnapshotInbox>, Status> {
@@ -86,6 +102,105 @@ impl PeerService {
             }
         }
     }
+    /// Checks a stream's hello and announces the peer: its member ID.
+    fn accept_hello(&self, hello: Hello, remote: &str) -> Result<NodeId, Status> {
+        self.check_hello(&hello, remote)?;
+        let peer = hello.from;
+        tracing::debug!(remote = %remote, peer = %format_args!("{peer:x}"), name = %hello.name, "peer stream accepted");
+        (self.sink)(TransportEvent::PeerInfo {
+            id: peer,
+            name: hello.name,
+            client_urls: hello.client_urls,
+        });
+        Ok(peer)
+    }
+
+    /// Decodes one batch from `peer` and hands its messages to the sink (dropping those that
+    /// claim another sender or another recipient). An undecodable message is an error: the
+    /// stream is closed.
+    fn deliver(&self, peer: NodeId, batch: &MessageBatch) -> Result<(), Status> {
+        let mut messages = Vec::with_capacity(batch.messages.len());
+        for raw in &batch.messages {
+            let message = match codec::decode(raw) {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::error!(peer = %format_args!("{peer:x}"), error = %e, "undecodable message, closing peer stream");
+                    return Err(Status::invalid_argument(format!(
+                        "undecodable message: {e}"
+                    )));
+                }
+            };
+            if message.from != peer {
+                tracing::warn!(peer = %format_args!("{peer:x}"), claimed = %format_args!("{:x}", message.from), "dropping message with a forged sender");
+            } else if message.to != self.identity.member_id {
+                tracing::warn!(peer = %format_args!("{peer:x}"), to = %format_args!("{:x}", message.to), "dropping message meant for another member");
+            } else {
+                messages.push(message);
+            }
+        }
+        if !messages.is_empty() {
+            (self.sink)(TransportEvent::Messages(messages));
+        }
+        Ok(())
+    }
+
+    /// Receives one message stream on plain TCP (see [`wire`]), its [`MAGIC`] already seen
+    /// but not read, until it ends. A refused hello or a bad frame is answered with the
+    /// reason, and the connection closed.
+    pub(super) async fn serve_message_stream(&self, stream: TcpStream, remote: String) {
+        let (mut read, mut write) = stream.into_split();
+        let mut magic = [0u8; MAGIC.len()];
+        if read.read_exact(&mut magic).await.is_err() {
+            return;
+        }
+        let mut frames = FrameReader::new(read, BytesMut::new(), self.limits.max_frame_bytes);
+        let mut peer = None;
+        let refusal = loop {
+            let frame = match frames.next().await {
+                Ok(frame) => frame,
+                Err(ReadError::Closed) => {
+                    tracing::debug!(remote = %remote, "peer message stream ended");
+                    return;
+                }
+                Err(error @ (ReadError::Io(_) | ReadError::Truncated { .. })) => {
+                    tracing::debug!(remote = %remote, %error, "peer message stream broke");
+                    return;
+                }
+                Err(error @ ReadError::TooLarge { .. }) => {
+                    tracing::error!(remote = %remote, %error, "closing peer message stream");
+                    break error.to_string();
+                }
+            };
+            let frame = match PeerFrame::decode(frame.freeze()) {
+                Ok(PeerFrame { frame: Some(frame) }) => frame,
+                Ok(PeerFrame { frame: None }) | Err(_) => {
+                    tracing::error!(remote = %remote, "undecodable frame, closing peer message stream");
+                    break "undecodable frame".to_string();
+                }
+            };
+            let accepted = match (peer, frame) {
+                (None, peer_frame::Frame::Hello(hello)) => {
+                    self.accept_hello(hello, &remote).map(|id| peer = Some(id))
+                }
+                (None, peer_frame::Frame::Batch(_)) => {
+                    tracing::error!(remote = %remote, "peer message stream did not start with a hello");
+                    Err(Status::invalid_argument("the first frame must be a hello"))
+                }
+                (Some(from), peer_frame::Frame::Batch(batch)) => self.deliver(from, &batch),
+                (Some(from), peer_frame::Frame::Hello(_)) => {
+                    tracing::error!(peer = %format_args!("{from:x}"), "second hello on peer message stream, closing it");
+                    Err(Status::invalid_argument("expected a message batch"))
+                }
+            };
+            if let Err(status) = accepted {
+                break status.message().to_string();
+            }
+        };
+        let mut answer = BytesMut::new();
+        wire::put_refusal(&mut answer, &refusal);
+        let _ = write.write_all(&answer).await;
+        let _ = write.shutdown().await;
+    }
 }
 
 #[tonic::async_trait]
@@ -115,14 +230,7 @@ impl Peer for PeerService {
                 return Err(status);
             }
         };
-        self.check_hello(&hello, &remote)?;
-        let peer = hello.from;
-        tracing::debug!(remote = %remote, peer = %format_args!("{peer:x}"), name = %hello.name, "peer stream accepted");
-        (self.sink)(TransportEvent::PeerInfo {
-            id: peer,
-            name: hello.name,
-            client_urls: hello.client_urls,
-        });
+        let peer = self.accept_hello(hello, &remote)?;
         loop {
             let batch = match frames.message().await {
                 Ok(None) => {
@@ -141,28 +249,7 @@ impl Peer for PeerService {
                     return Err(status);
                 }
             };
-            let mut messages = Vec::with_capacity(batch.messages.len());
-            for raw in &batch.messages {
-                let message = match codec::decode(raw) {
-                    Ok(message) => message,
-                    Err(e) => {
-                        tracing::error!(peer = %format_args!("{peer:x}"), error = %e, "undecodable message, closing peer stream");
-                        return Err(Status::invalid_argument(format!(
-                            "undecodable message: {e}"
-                        )));
-                    }
-                };
-                if message.from != peer {
-                    tracing::warn!(peer = %format_args!("{peer:x}"), claimed = %format_args!("{:x}", message.from), "dropping message with a forged sender");
-                } else if message.to != self.identity.member_id {
-                    tracing::warn!(peer = %format_args!("{peer:x}"), to = %format_args!("{:x}", message.to), "dropping message meant for another member");
-                } else {
-                    messages.push(message);
-                }
-            }
-            if !messages.is_empty() {
-                (self.sink)(TransportEvent::Messages(messages));
-            }
+            self.deliver(peer, &batch)?;
         }
     }
 
