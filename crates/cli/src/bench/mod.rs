@@ -10,6 +10,7 @@
 //! [`BenchConfig::validate`] before any connection is made; the error names the flag.
 
 pub mod connect;
+pub mod grpc;
 pub mod random;
 pub mod report;
 mod workloads;
