@@ -3,8 +3,11 @@
 //! until one names a leader (its `leader` member ID), then use that member's client URLs
 //! from the same endpoint's `Cluster.MemberList`.
 //!
-//! With several endpoints, each connection balances its requests over all of them (one
-//! HTTP/2 connection per endpoint), like etcd's clientv3 balancer.
+//! Two kinds of connection: [`grpc_connections`] ([`GrpcConnection`], the benchmark's
+//! own lean client) for the request/response workloads, [`channels`] (tonic) for the
+//! streaming ones. Either way, with several endpoints each connection spreads its
+//! requests over all of them (one HTTP/2 connection per endpoint), like etcd's clientv3
+//! balancer.
 
 use std::time::Duration;
 
@@ -14,6 +17,7 @@ use skiff_etcd_proto::etcdserverpb::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+use super::grpc::GrpcConnection;
 use super::{BenchError, ConnectionConfig};
 
 /// Turns `host:port` or `http://host:port` into a URI tonic can dial. TLS (`https://`)
@@ -140,19 +144,28 @@ pub async fn find_leader_endpoints(
     }))
 }
 
-/// Opens `config.conns` connections; returns the endpoints used and the connections.
-pub async fn connect(config: &ConnectionConfig) -> Result<(Vec<String>, Vec<Channel>), BenchError> {
-    let mut uris = config
+/// The endpoints' URIs (`http://host:port`): those given, or with `--target-leader` the
+/// leader's client URLs.
+pub async fn endpoints(config: &ConnectionConfig) -> Result<Vec<String>, BenchError> {
+    let uris = config
         .endpoints
         .iter()
         .map(|endpoint| endpoint_uri(endpoint))
         .collect::<Result<Vec<_>, _>>()?;
     if config.target_leader {
-        uris = find_leader_endpoints(&uris, config.dial_timeout).await?;
+        return find_leader_endpoints(&uris, config.dial_timeout).await;
     }
+    Ok(uris)
+}
+
+/// Opens `config.conns` tonic channels to `uris` (for the streaming workloads).
+pub async fn channels(
+    uris: &[String],
+    config: &ConnectionConfig,
+) -> Result<Vec<Channel>, BenchError> {
     let mut conns = Vec::with_capacity(config.conns);
     for _ in 0..config.conns {
-        let channel = if let [only] = uris.as_slice() {
+        let channel = if let [only] = uris {
             dial(only, config.dial_timeout).await?
         } else {
             let endpoints = uris
@@ -163,7 +176,20 @@ pub async fn connect(config: &ConnectionConfig) -> Result<(Vec<String>, Vec<Chan
         };
         conns.push(channel);
     }
-    Ok((uris, conns))
+    Ok(conns)
+}
+
+/// Opens `config.conns` [`GrpcConnection`]s to `uris` (for the request/response
+/// workloads).
+pub async fn grpc_connections(
+    uris: &[String],
+    config: &ConnectionConfig,
+) -> Result<Vec<GrpcConnection>, BenchError> {
+    let mut conns = Vec::with_capacity(config.conns);
+    for _ in 0..config.conns {
+        conns.push(GrpcConnection::open(uris, config.dial_timeout).await?);
+    }
+    Ok(conns)
 }
 
 #[cfg(test)]

@@ -6,10 +6,15 @@
 //! does), and each client sends one request at a time until `total` requests have been
 //! started. The latencies go into [`report::Stats`], printed like etcd's report.
 //!
+//! `put`, `range` and `txn-put` go through the benchmark's own lean gRPC client
+//! ([`grpc`], on `h2`), so that the tool's own CPU and latency stay small next to the
+//! server's; `watch-latency` and `lease-keepalive`, which use streams, go through tonic.
+//!
 //! Every count and size is bounded (see the `MAX_*` constants) and checked by
 //! [`BenchConfig::validate`] before any connection is made; the error names the flag.
 
 pub mod connect;
+pub mod grpc;
 pub mod random;
 pub mod report;
 mod workloads;
@@ -388,8 +393,8 @@ impl Report {
 /// Validates the configuration, connects and runs the workload to completion.
 pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     config.validate()?;
-    let (endpoints, conns) = connect::connect(&config.connection).await?;
-    let stats = workloads::run(config, &conns).await?;
+    let endpoints = connect::endpoints(&config.connection).await?;
+    let stats = workloads::run(config, &endpoints).await?;
     Ok(Report {
         workload: config.workload.name(),
         endpoints,

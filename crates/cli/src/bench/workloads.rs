@@ -13,12 +13,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use skiff_etcd_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient,
     watch_request, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    WatchCreateRequest, WatchRequest,
 };
 use skiff_etcd_proto::prost::bytes::Bytes;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
+use super::connect;
+use super::grpc::{GrpcClient, KV_PUT, KV_RANGE, KV_TXN};
 use super::random::Random;
 use super::report::Stats;
 use super::{
@@ -29,52 +32,74 @@ use super::{
 /// TTL of the leases that `lease-keepalive` renews, as etcd's benchmark uses.
 const KEEPALIVE_LEASE_TTL_SECS: i64 = 100;
 
-pub(super) async fn run(config: &BenchConfig, conns: &[Channel]) -> Result<Stats, BenchError> {
-    assert!(!conns.is_empty(), "connect opens at least one connection");
+pub(super) async fn run(config: &BenchConfig, uris: &[String]) -> Result<Stats, BenchError> {
     let clients = config.connection.clients;
-    // Client i uses connection i % conns, as etcd's benchmark assigns them.
-    let conn_of = |client: usize| conns[client % conns.len()].clone();
+    match &config.workload {
+        Workload::Put(_) | Workload::Range(_) | Workload::TxnPut(_) => {
+            let conns = connect::grpc_connections(uris, &config.connection).await?;
+            assert!(!conns.is_empty(), "at least one connection is opened");
+            // Client i uses connection i % conns, as etcd's benchmark assigns them.
+            let client_of = |client: usize| conns[client % conns.len()].client();
+            Ok(request_response(config, clients, client_of).await)
+        }
+        Workload::LeaseKeepalive(lease) => {
+            let conns = connect::channels(uris, &config.connection).await?;
+            assert!(!conns.is_empty(), "at least one connection is opened");
+            let conn_of = |client: usize| conns[client % conns.len()].clone();
+            lease_keepalive(lease, clients, conn_of, config.show_progress).await
+        }
+        Workload::WatchLatency(watch) => {
+            let conns = connect::channels(uris, &config.connection).await?;
+            assert!(!conns.is_empty(), "at least one connection is opened");
+            watch_latency(watch, clients, &conns, config.show_progress).await
+        }
+    }
+}
+
+/// `put`, `range` and `txn-put`, over the benchmark's own gRPC client.
+async fn request_response(
+    config: &BenchConfig,
+    clients: usize,
+    client_of: impl Fn(usize) -> GrpcClient,
+) -> Stats {
     match &config.workload {
         Workload::Put(put) => {
-            let operations = put_operations(put, clients, conn_of);
-            Ok(drive(
+            let operations = put_operations(put, clients, client_of);
+            drive(
                 operations,
                 put.total,
                 put.rate,
                 progress_bar(put.total, config.show_progress),
             )
-            .await)
+            .await
         }
         Workload::Range(range) => {
             let operations = (0..clients)
                 .map(|client| RangeOperation {
-                    client: KvClient::new(conn_of(client)),
+                    client: client_of(client),
                     request: range_request(range),
                 })
                 .collect();
-            Ok(drive(
+            drive(
                 operations,
                 range.total,
                 range.rate,
                 progress_bar(range.total, config.show_progress),
             )
-            .await)
+            .await
         }
         Workload::TxnPut(txn) => {
-            let operations = txn_put_operations(txn, clients, conn_of);
-            Ok(drive(
+            let operations = txn_put_operations(txn, clients, client_of);
+            drive(
                 operations,
                 txn.total,
                 txn.rate,
                 progress_bar(txn.total, config.show_progress),
             )
-            .await)
+            .await
         }
-        Workload::LeaseKeepalive(lease) => {
-            lease_keepalive(lease, clients, conn_of, config.show_progress).await
-        }
-        Workload::WatchLatency(watch) => {
-            watch_latency(watch, clients, conns, config.show_progress).await
+        Workload::WatchLatency(_) | Workload::LeaseKeepalive(_) => {
+            unreachable!("streaming workloads run over tonic")
         }
     }
 }
@@ -191,7 +216,7 @@ async fn drive<O: Operation>(
 }
 
 struct PutOperation {
-    client: KvClient<Channel>,
+    client: GrpcClient,
     random: Random,
     value: Bytes,
     config: PutConfig,
@@ -209,21 +234,25 @@ impl Operation for PutOperation {
             value: self.value.clone(),
             ..PutRequest::default()
         };
-        let mut client = self.client.clone();
-        async move { client.put(request).await.map(drop) }
+        async move {
+            self.client
+                .unary::<_, PutResponse>(KV_PUT, &request)
+                .await
+                .map(drop)
+        }
     }
 }
 
 fn put_operations(
     put: &PutConfig,
     clients: usize,
-    conn_of: impl Fn(usize) -> Channel,
+    client_of: impl Fn(usize) -> GrpcClient,
 ) -> Vec<PutOperation> {
     // One random value for the whole run, as etcd's benchmark does.
     let value = Bytes::from(Random::new(Random::seed_from_clock(u64::MAX)).bytes(put.value_size));
     (0..clients)
         .map(|client| PutOperation {
-            client: KvClient::new(conn_of(client)),
+            client: client_of(client),
             random: Random::new(Random::seed_from_clock(client as u64)),
             value: value.clone(),
             config: put.clone(),
@@ -232,15 +261,16 @@ fn put_operations(
 }
 
 struct RangeOperation {
-    client: KvClient<Channel>,
+    client: GrpcClient,
     request: RangeRequest,
 }
 
 impl Operation for RangeOperation {
-    fn call(&mut self, _index: u64) -> impl Future<Output = Result<(), tonic::Status>> + Send {
-        let request = self.request.clone();
-        let mut client = self.client.clone();
-        async move { client.range(request).await.map(drop) }
+    async fn call(&mut self, _index: u64) -> Result<(), tonic::Status> {
+        self.client
+            .unary::<_, RangeResponse>(KV_RANGE, &self.request)
+            .await
+            .map(drop)
     }
 }
 
@@ -254,7 +284,7 @@ fn range_request(range: &RangeConfig) -> RangeRequest {
 }
 
 struct TxnPutOperation {
-    client: KvClient<Channel>,
+    client: GrpcClient,
     value: Bytes,
     config: TxnPutConfig,
 }
@@ -281,20 +311,24 @@ impl Operation for TxnPutOperation {
             success,
             failure: Vec::new(),
         };
-        let mut client = self.client.clone();
-        async move { client.txn(request).await.map(drop) }
+        async move {
+            self.client
+                .unary::<_, TxnResponse>(KV_TXN, &request)
+                .await
+                .map(drop)
+        }
     }
 }
 
 fn txn_put_operations(
     txn: &TxnPutConfig,
     clients: usize,
-    conn_of: impl Fn(usize) -> Channel,
+    client_of: impl Fn(usize) -> GrpcClient,
 ) -> Vec<TxnPutOperation> {
     let value = Bytes::from(Random::new(Random::seed_from_clock(u64::MAX)).bytes(txn.value_size));
     (0..clients)
         .map(|client| TxnPutOperation {
-            client: KvClient::new(conn_of(client)),
+            client: client_of(client),
             value: value.clone(),
             config: txn.clone(),
         })
