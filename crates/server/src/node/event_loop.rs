@@ -369,15 +369,17 @@ impl EventLoop {
                     tracing::error!("log writer is gone");
                 }
             }
+            // Committed entries before the messages: on the leader, clients wait for the
+            // former, followers only learn the commit index from the latter.
+            if !ready.committed_entries.is_empty() {
+                let _ = self.apply.send(ApplyTask::Entries(ready.committed_entries));
+            }
             // After the log writer has its work: on the leader its write and the followers'
             // overlap, and the slower of them decides when the entries commit.
             let mut messages = ready.messages;
             self.attach_snapshots(&mut messages);
             if !messages.is_empty() {
                 (self.outbound)(messages);
-            }
-            if !ready.committed_entries.is_empty() {
-                let _ = self.apply.send(ApplyTask::Entries(ready.committed_entries));
             }
             for read in ready.read_states {
                 for reply in self.reads.remove(&read.context).unwrap_or_default() {
