@@ -11,7 +11,7 @@
 //!
 //! Entry points: `Store::apply` for committed commands; `Store::range`, `lease_time_to_live`,
 //! `lease_leases`, `expired_leases`, `hash_kv` and `events_since` for reads; `Store::snapshot` /
-//! `Store::restore`; `Store::validate_command` and `check_request_size` before proposing.
+//! `Store::restore` (and `Store::snapshot_copy`, a cheap copy to write elsewhere); `Store::validate_command` and `check_request_size` before proposing.
 //!
 //! # Design notes
 //! * **Revisions** follow etcd: an empty store is at revision 1; a write request that changes
@@ -48,6 +48,7 @@ pub use command::{Applied, Command, Operation, RequestId, Response, ResponseBody
 pub use config::KvConfig;
 pub use crc::Crc32;
 pub use error::{ConfigError, DecodeError, GrpcCode, KvError, SnapshotError};
+pub use snapshot::SnapshotCopy;
 pub use store::Store;
 pub use types::*;
 pub use wire::{COMMAND_FORMAT_VERSION, MAX_DECODE_DEPTH};

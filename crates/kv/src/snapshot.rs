@@ -26,6 +26,7 @@ const TAG_VERSION: u8 = 2;
 const TAG_LEASE: u8 = 3;
 const TAG_SESSION: u8 = 4;
 
+#[derive(Clone, Debug)]
 struct Header {
     applied_index: u64,
     current_revision: i64,
@@ -42,12 +43,14 @@ struct VersionRecord {
     kv: Option<KeyValue>,
 }
 
+#[derive(Clone, Debug)]
 struct LeaseRecord {
     id: i64,
     ttl_seconds: i64,
     renewed_at_ms: i64,
 }
 
+#[derive(Clone, Debug)]
 struct SessionRecord {
     client_id: u64,
     sequence: u64,
@@ -135,51 +138,89 @@ fn truncated(error: std::io::Error) -> SnapshotError {
     }
 }
 
+/// A copy of what a snapshot holds: the store's replicated state without its derived indexes
+/// (the revision index, lease deadlines, session order), so taking it costs a fraction of a
+/// whole [`Store`] clone (keys and values are shared, reference-counted). Write it with
+/// [`SnapshotCopy::write`], e.g. on another thread while the store moves on.
+#[derive(Clone, Debug)]
+pub struct SnapshotCopy {
+    header: Header,
+    keys: BTreeMap<Bytes, Vec<StoredVersion>>,
+    leases: Vec<LeaseRecord>,
+    sessions: Vec<SessionRecord>,
+}
+
+impl SnapshotCopy {
+    /// The applied index of the copied state.
+    pub fn applied_index(&self) -> u64 {
+        self.header.applied_index
+    }
+
+    /// Writes the snapshot to `writer`, exactly as [`Store::snapshot`] would have at the time of
+    /// the copy (buffer it: many small writes are made).
+    pub fn write<W: Write>(&self, writer: W) -> Result<(), SnapshotError> {
+        write_snapshot(
+            writer,
+            &self.header,
+            &self.keys,
+            self.leases.iter(),
+            self.sessions.iter(),
+        )
+    }
+}
+
 impl Store {
-    /// Writes the whole state to `writer` (buffer it: many small writes are made).
-    pub fn snapshot<W: Write>(&self, writer: W) -> Result<(), SnapshotError> {
-        let mut out = ChecksumWriter {
-            inner: writer,
-            crc: Crc32::default(),
-        };
-        out.write_bytes(MAGIC)?;
-        out.write_record(&Header {
+    fn snapshot_header(&self) -> Header {
+        Header {
             applied_index: self.applied_index,
             current_revision: self.current_revision,
             compact_revision: self.compact_revision,
             version_count: self.revisions.len() as u64,
             lease_count: self.leases.len() as u64,
             session_count: self.sessions.len() as u64,
-        })?;
-        for (key, versions) in &self.keys {
-            for version in versions {
-                out.write_record(&VersionRecord {
-                    key: key.clone(),
-                    main: version.revision.main,
-                    sub: version.revision.sub,
-                    kv: version.kv.clone(),
-                })?;
-            }
         }
-        for (id, lease) in &self.leases {
-            out.write_record(&LeaseRecord {
-                id: *id,
-                ttl_seconds: lease.ttl_seconds,
-                renewed_at_ms: lease.renewed_at_ms,
-            })?;
-        }
-        for (client_id, session) in &self.sessions {
-            out.write_record(&SessionRecord {
+    }
+
+    fn lease_records(&self) -> impl Iterator<Item = LeaseRecord> + '_ {
+        self.leases.iter().map(|(id, lease)| LeaseRecord {
+            id: *id,
+            ttl_seconds: lease.ttl_seconds,
+            renewed_at_ms: lease.renewed_at_ms,
+        })
+    }
+
+    fn session_records(&self) -> impl Iterator<Item = SessionRecord> + '_ {
+        self.sessions
+            .iter()
+            .map(|(client_id, session)| SessionRecord {
                 client_id: *client_id,
                 sequence: session.sequence,
                 last_index: session.last_index,
                 response: session.response.clone(),
-            })?;
+            })
+    }
+
+    /// Writes the whole state to `writer` (buffer it: many small writes are made).
+    pub fn snapshot<W: Write>(&self, writer: W) -> Result<(), SnapshotError> {
+        let leases: Vec<LeaseRecord> = self.lease_records().collect();
+        let sessions: Vec<SessionRecord> = self.session_records().collect();
+        write_snapshot(
+            writer,
+            &self.snapshot_header(),
+            &self.keys,
+            leases.iter(),
+            sessions.iter(),
+        )
+    }
+
+    /// Copies what a snapshot of the current state holds (see [`SnapshotCopy`]).
+    pub fn snapshot_copy(&self) -> SnapshotCopy {
+        SnapshotCopy {
+            header: self.snapshot_header(),
+            keys: self.keys.clone(),
+            leases: self.lease_records().collect(),
+            sessions: self.session_records().collect(),
         }
-        let checksum = out.crc.finish();
-        out.inner.write_all(&checksum.to_le_bytes())?;
-        out.inner.flush()?;
-        Ok(())
     }
 
     /// Reads a state written by `snapshot`. Checks the checksum and the store's invariants; on any
@@ -326,4 +367,40 @@ impl Store {
         }
         Ok(store)
     }
+}
+
+/// Writes a snapshot: the magic, the header, every version, lease and session, the checksum.
+fn write_snapshot<'a, W: Write>(
+    writer: W,
+    header: &Header,
+    keys: &BTreeMap<Bytes, Vec<StoredVersion>>,
+    leases: impl Iterator<Item = &'a LeaseRecord>,
+    sessions: impl Iterator<Item = &'a SessionRecord>,
+) -> Result<(), SnapshotError> {
+    let mut out = ChecksumWriter {
+        inner: writer,
+        crc: Crc32::default(),
+    };
+    out.write_bytes(MAGIC)?;
+    out.write_record(header)?;
+    for (key, versions) in keys {
+        for version in versions {
+            out.write_record(&VersionRecord {
+                key: key.clone(),
+                main: version.revision.main,
+                sub: version.revision.sub,
+                kv: version.kv.clone(),
+            })?;
+        }
+    }
+    for lease in leases {
+        out.write_record(lease)?;
+    }
+    for session in sessions {
+        out.write_record(session)?;
+    }
+    let checksum = out.crc.finish();
+    out.inner.write_all(&checksum.to_le_bytes())?;
+    out.inner.flush()?;
+    Ok(())
 }

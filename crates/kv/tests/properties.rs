@@ -294,6 +294,26 @@ proptest! {
         prop_assert_eq!(snapshot_bytes(&restored), snapshot_bytes(&original));
     }
 
+    /// A snapshot copy taken at a random point writes exactly the snapshot of that moment,
+    /// however the store changes after it was taken.
+    #[test]
+    fn a_snapshot_copy_writes_the_snapshot_of_its_moment(commands in prop::collection::vec(command(), 1..60), split in any::<prop::sample::Index>()) {
+        let split = split.index(commands.len());
+        let mut store = Store::new(config()).unwrap();
+        for (index, command) in commands[..split].iter().enumerate() {
+            store.apply(index as u64 + 1, command);
+        }
+        let at_split = snapshot_bytes(&store);
+        let copy = store.snapshot_copy();
+        prop_assert_eq!(copy.applied_index(), store.applied_index());
+        for (index, command) in commands.iter().enumerate().skip(split) {
+            store.apply(index as u64 + 1, command);
+        }
+        let mut written = Vec::new();
+        copy.write(&mut written).unwrap();
+        prop_assert_eq!(written, at_split);
+    }
+
     /// Any corruption of a snapshot is refused (the checksum covers every byte), never a panic.
     #[test]
     fn corrupt_snapshots_are_refused(

@@ -206,8 +206,9 @@ impl Applier {
     }
 
     /// Every `snapshot_count` applied entries (or `snapshot_log_bytes` of their payloads,
-    /// whichever comes first): copy the store (its structure; values are
-    /// shared, reference-counted) and stream the copy, on a thread of its own, into a snapshot
+    /// whichever comes first): copy what a snapshot holds (`Store::snapshot_copy`: the keys'
+    /// versions, leases and sessions, not the derived indexes; values are shared,
+    /// reference-counted) and stream the copy, on a thread of its own, into a snapshot
     /// file the log writer opened, which it then publishes (and compacts the log it covers).
     /// Applying stops only for the copy, never for the streaming.
     fn maybe_snapshot(&mut self) {
@@ -257,7 +258,12 @@ impl Applier {
         };
         let started = std::time::Instant::now();
         // Only this thread changes the store: it is still at `index`.
-        let copy = self.shared.store.read().expect("store lock").clone();
+        let copy = self
+            .shared
+            .store
+            .read()
+            .expect("store lock")
+            .snapshot_copy();
         let copied = started.elapsed();
         let registry = self.registry.clone();
         let disk = self.disk.clone();
@@ -266,7 +272,7 @@ impl Applier {
             .spawn(move || {
                 let written = members::write_snapshot_prefix(&registry, &mut writer)
                     .map_err(|error| error.to_string())
-                    .and_then(|()| copy.snapshot(&mut writer).map_err(|e| e.to_string()));
+                    .and_then(|()| copy.write(&mut writer).map_err(|e| e.to_string()));
                 if let Err(error) = written {
                     tracing::error!(%error, "cannot write a snapshot");
                     return;
