@@ -39,6 +39,7 @@ mod command;
 mod config;
 mod crc;
 mod error;
+mod history;
 mod snapshot;
 mod store;
 mod types;

@@ -16,6 +16,7 @@ use crate::command::Response;
 use crate::config::KvConfig;
 use crate::crc::Crc32;
 use crate::error::{DecodeError, SnapshotError};
+use crate::history::History;
 use crate::store::{Lease, Revision, Session, Store, StoredVersion};
 use crate::types::KeyValue;
 use crate::wire::{decode_all, encode, Input, Wire};
@@ -145,7 +146,7 @@ fn truncated(error: std::io::Error) -> SnapshotError {
 #[derive(Clone, Debug)]
 pub struct SnapshotCopy {
     header: Header,
-    keys: BTreeMap<Bytes, Vec<StoredVersion>>,
+    keys: BTreeMap<Bytes, History>,
     leases: Vec<LeaseRecord>,
     sessions: Vec<SessionRecord>,
 }
@@ -373,7 +374,7 @@ impl Store {
 fn write_snapshot<'a, W: Write>(
     writer: W,
     header: &Header,
-    keys: &BTreeMap<Bytes, Vec<StoredVersion>>,
+    keys: &BTreeMap<Bytes, History>,
     leases: impl Iterator<Item = &'a LeaseRecord>,
     sessions: impl Iterator<Item = &'a SessionRecord>,
 ) -> Result<(), SnapshotError> {
@@ -384,7 +385,7 @@ fn write_snapshot<'a, W: Write>(
     out.write_bytes(MAGIC)?;
     out.write_record(header)?;
     for (key, versions) in keys {
-        for version in versions {
+        for version in versions.iter() {
             out.write_record(&VersionRecord {
                 key: key.clone(),
                 main: version.revision.main,

@@ -21,6 +21,7 @@ use crate::command::*;
 use crate::config::KvConfig;
 use crate::crc::Crc32;
 use crate::error::{ConfigError, KvError};
+use crate::history::History;
 use crate::types::*;
 
 /// A revision: `main` is the store revision of a write request, `sub` orders the changes inside it.
@@ -74,7 +75,7 @@ pub(crate) struct Session {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) config: KvConfig,
-    pub(crate) keys: BTreeMap<Bytes, Vec<StoredVersion>>,
+    pub(crate) keys: BTreeMap<Bytes, History>,
     pub(crate) revisions: BTreeMap<Revision, Bytes>,
     pub(crate) current_revision: i64,
     pub(crate) compact_revision: i64,
@@ -146,11 +147,11 @@ impl WriteContext {
     }
 }
 
-fn latest(versions: &[StoredVersion]) -> Option<&KeyValue> {
+fn latest(versions: &History) -> Option<&KeyValue> {
     versions.last().and_then(|version| version.kv.as_ref())
 }
 
-fn visible_at(versions: &[StoredVersion], revision: i64) -> Option<&KeyValue> {
+fn visible_at(versions: &History, revision: i64) -> Option<&KeyValue> {
     let end = versions.partition_point(|version| version.revision.main <= revision);
     end.checked_sub(1)
         .and_then(|index| versions[index].kv.as_ref())
@@ -361,10 +362,10 @@ impl Store {
         let mut lease_keys: BTreeMap<i64, BTreeSet<Bytes>> = BTreeMap::new();
         for (key, versions) in &self.keys {
             assert!(!versions.is_empty(), "no empty key histories");
-            for pair in versions.windows(2) {
-                assert!(pair[0].revision < pair[1].revision, "versions increase");
+            for (older, newer) in versions.iter().zip(versions.iter().skip(1)) {
+                assert!(older.revision < newer.revision, "versions increase");
             }
-            for version in versions {
+            for version in versions.iter() {
                 stored += 1;
                 stored_bytes += version.size_bytes(key);
                 assert!(
@@ -601,10 +602,7 @@ impl Store {
         self.keys.get(key).and_then(|versions| latest(versions))
     }
 
-    fn keys_in(
-        &self,
-        range: KeyRange<'_>,
-    ) -> impl Iterator<Item = (&Bytes, &Vec<StoredVersion>)> + '_ {
+    fn keys_in(&self, range: KeyRange<'_>) -> impl Iterator<Item = (&Bytes, &History)> + '_ {
         let bounds = range.bounds();
         let empty = bounds.is_none();
         let bounds = bounds.unwrap_or((Bound::Unbounded, Bound::Unbounded));
@@ -897,7 +895,7 @@ impl Store {
                 Some(newest) if versions[newest].kv.is_some() => newest,
                 Some(newest) => newest + 1,
             };
-            for version in versions.drain(..keep_from) {
+            for version in versions.drain_front(keep_from) {
                 self.stored_bytes -= version.size_bytes(key);
                 self.revisions.remove(&version.revision);
             }
@@ -1067,7 +1065,7 @@ impl Store {
             .get(key)
             .expect("the revision index names stored keys");
         let index = versions
-            .binary_search_by_key(&revision, |version| version.revision)
+            .find(revision)
             .expect("the revision index names stored versions");
         &versions[index]
     }
@@ -1125,7 +1123,7 @@ impl Store {
             .get(&key[..])
             .expect("the revision index names stored keys");
         let index = versions
-            .binary_search_by_key(&revision, |version| version.revision)
+            .find(revision)
             .expect("the revision index names stored versions");
         let prev_kv = index
             .checked_sub(1)
