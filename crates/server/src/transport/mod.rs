@@ -312,7 +312,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(64);
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc = tokio::spawn(
+    let mut grpc = tokio::spawn(
         server_builder(service.limits())
             .add_service(grpc_service(service.clone()))
             .serve_with_incoming_shutdown(
@@ -328,6 +328,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            // The gRPC server stopped on its own: the peer port is broken, say so.
+            ended = &mut grpc => {
+                return Err(match ended {
+                    Ok(Ok(())) => "the peer gRPC server stopped".to_string(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => error.to_string(),
+                });
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
