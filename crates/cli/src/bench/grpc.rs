@@ -628,16 +628,11 @@ mod tests {
         let revision = put.header.expect("a header").revision;
         assert!(revision >= 2, "revision {revision}");
 
-        let range: RangeResponse = client
-            .unary(
-                KV_RANGE,
-                &RangeRequest {
-                    key: Bytes::from_static(b"greeting"),
-                    ..RangeRequest::default()
-                },
-            )
-            .await
-            .expect("range");
+        let greeting = || RangeRequest {
+            key: Bytes::from_static(b"greeting"),
+            ..RangeRequest::default()
+        };
+        let range: RangeResponse = client.unary(KV_RANGE, &greeting()).await.expect("range");
         assert_eq!(range.kvs.len(), 1);
         assert_eq!(&range.kvs[0].value[..], b"hello");
         assert_eq!(range.kvs[0].mod_revision, revision);
@@ -647,9 +642,8 @@ mod tests {
             .unary::<_, RangeResponse>(
                 KV_RANGE,
                 &RangeRequest {
-                    key: Bytes::from_static(b"greeting"),
                     revision: revision + 1000,
-                    ..RangeRequest::default()
+                    ..greeting()
                 },
             )
             .await
@@ -670,13 +664,7 @@ mod tests {
 
         // The connection still serves calls after the errors.
         let again: RangeResponse = client
-            .unary(
-                KV_RANGE,
-                &RangeRequest {
-                    key: Bytes::from_static(b"greeting"),
-                    ..RangeRequest::default()
-                },
-            )
+            .unary(KV_RANGE, &greeting())
             .await
             .expect("range after errors");
         assert_eq!(again.header.expect("a header").revision, revision);

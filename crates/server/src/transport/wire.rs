@@ -115,39 +115,36 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The length the buffered frame announces, once its prefix is in.
+    fn announced(&self) -> Option<usize> {
+        let prefix = self.buf.get(..LENGTH_BYTES)?;
+        Some(u32::from_be_bytes(prefix.try_into().expect("4 bytes")) as usize)
+    }
+
     /// The next frame's bytes (without the length).
     pub async fn next(&mut self) -> Result<BytesMut, ReadError> {
         loop {
-            if self.buf.len() >= LENGTH_BYTES {
-                let len = u32::from_be_bytes(self.buf[..LENGTH_BYTES].try_into().expect("4 bytes"))
-                    as usize;
-                if len > self.max_frame_bytes {
+            match self.announced() {
+                Some(len) if len > self.max_frame_bytes => {
                     return Err(ReadError::TooLarge {
                         len,
                         limit: self.max_frame_bytes,
                     });
                 }
-                if self.buf.len() >= LENGTH_BYTES + len {
+                Some(len) if self.buf.len() >= LENGTH_BYTES + len => {
                     self.buf.advance(LENGTH_BYTES);
                     return Ok(self.buf.split_to(len));
                 }
-                self.buf.reserve(LENGTH_BYTES + len - self.buf.len());
-            } else {
-                self.buf.reserve(64 << 10);
+                Some(len) => self.buf.reserve(LENGTH_BYTES + len - self.buf.len()),
+                None => self.buf.reserve(64 << 10),
             }
             if self.reader.read_buf(&mut self.buf).await? == 0 {
                 return Err(if self.buf.is_empty() {
                     ReadError::Closed
                 } else {
-                    let want = if self.buf.len() >= LENGTH_BYTES {
-                        u32::from_be_bytes(self.buf[..LENGTH_BYTES].try_into().expect("4 bytes"))
-                            as usize
-                    } else {
-                        LENGTH_BYTES
-                    };
                     ReadError::Truncated {
                         got: self.buf.len().saturating_sub(LENGTH_BYTES),
-                        want,
+                        want: self.announced().unwrap_or(LENGTH_BYTES),
                     }
                 });
             }
