@@ -20,12 +20,40 @@ pub const MAX_DECODE_DEPTH: usize = 64;
 /// Input being decoded.
 pub(crate) struct Input<'a> {
     bytes: &'a [u8],
+    /// The buffer `bytes` lie in, when payloads may be shared with it (see `payload`).
+    shared: Option<&'a Bytes>,
     depth: usize,
 }
 
 impl<'a> Input<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Self {
-        Input { bytes, depth: 0 }
+        Input {
+            bytes,
+            shared: None,
+            depth: 0,
+        }
+    }
+
+    /// Input over `bytes[from..]` whose large payloads are slices of `bytes` (no copy).
+    fn shared(bytes: &'a Bytes, from: usize) -> Self {
+        Input {
+            bytes: &bytes[from..],
+            shared: Some(bytes),
+            depth: 0,
+        }
+    }
+
+    /// A length-prefixed payload. It is a slice of the shared buffer when it is at least half
+    /// of it (a put's value in its log entry): the store then keeps the entry's bytes instead
+    /// of a second copy of them, and at most doubles what it keeps alive. Smaller payloads (a
+    /// key, or one of a txn's many values) are copied, so they never pin a large buffer.
+    fn payload(&mut self) -> Result<Bytes, DecodeError> {
+        let length = self.length()?;
+        let taken = self.take(length)?;
+        Ok(match self.shared {
+            Some(buffer) if length > 0 && length * 2 >= buffer.len() => buffer.slice_ref(taken),
+            _ => Bytes::copy_from_slice(taken),
+        })
     }
 
     fn byte(&mut self) -> Result<u8, DecodeError> {
@@ -150,8 +178,7 @@ impl Wire for Bytes {
         out.extend_from_slice(self);
     }
     fn get(input: &mut Input<'_>) -> Result<Self, DecodeError> {
-        let length = input.length()?;
-        Ok(Bytes::copy_from_slice(input.take(length)?))
+        input.payload()
     }
 }
 
@@ -544,10 +571,12 @@ pub(crate) fn encode<T: Wire>(value: &T) -> Vec<u8> {
 }
 
 impl Command {
-    /// Encodes the command: a format version byte, then the fields.
+    /// Encodes the command: a format version byte, then the fields. The vector's capacity is
+    /// its length: a command lives on as a log entry, without the growth's slack.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![COMMAND_FORMAT_VERSION];
         self.put(&mut out);
+        out.shrink_to_fit();
         out
     }
 
@@ -558,6 +587,18 @@ impl Command {
             return Err(DecodeError("unknown command format version"));
         }
         decode_all(rest)
+    }
+
+    /// As [`Command::decode`], but a put's value that makes up most of `bytes` is a slice of
+    /// them instead of a copy: applying a log entry keeps one copy of the value, not two.
+    pub fn decode_shared(bytes: &Bytes) -> Result<Command, DecodeError> {
+        if bytes.first() != Some(&COMMAND_FORMAT_VERSION) {
+            return Command::decode(bytes);
+        }
+        let mut input = Input::shared(bytes, 1);
+        let command = Command::get(&mut input)?;
+        input.finish()?;
+        Ok(command)
     }
 }
 
@@ -570,5 +611,63 @@ impl Response {
     /// Decodes a response written by `encode`.
     pub fn decode(bytes: &[u8]) -> Result<Response, DecodeError> {
         decode_all(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &[u8], value: &[u8]) -> PutRequest {
+        PutRequest {
+            key: Bytes::copy_from_slice(key),
+            value: Bytes::copy_from_slice(value),
+            ..PutRequest::default()
+        }
+    }
+
+    fn within(part: &Bytes, buffer: &Bytes) -> bool {
+        buffer.as_ptr_range().contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_puts_value_is_shared_with_its_entry_and_small_payloads_are_copied() {
+        let entry = Bytes::from(Command::new(Operation::Put(put(b"key", &[7; 256]))).encode());
+        let Operation::Put(decoded) = Command::decode_shared(&entry).unwrap().operation else {
+            panic!("not a put");
+        };
+        assert_eq!(&decoded.value[..], &[7; 256]);
+        assert!(
+            within(&decoded.value, &entry),
+            "the value is a slice of the entry"
+        );
+        assert!(!within(&decoded.key, &entry), "the key is a copy");
+
+        // No payload of a txn of two puts is half of the entry: all are copies.
+        let txn = TxnRequest {
+            success: vec![
+                RequestOp::Put(put(b"a", &[1; 100])),
+                RequestOp::Put(put(b"b", &[2; 100])),
+            ],
+            ..TxnRequest::default()
+        };
+        let entry = Bytes::from(Command::new(Operation::Txn(txn.clone())).encode());
+        let Operation::Txn(decoded) = Command::decode_shared(&entry).unwrap().operation else {
+            panic!("not a txn");
+        };
+        assert_eq!(decoded, txn);
+        for op in &decoded.success {
+            let RequestOp::Put(put) = op else {
+                panic!("not a put")
+            };
+            assert!(!within(&put.key, &entry) && !within(&put.value, &entry));
+        }
+
+        // Plain `decode` copies everything.
+        let entry = Bytes::from(Command::new(Operation::Put(put(b"key", &[7; 256]))).encode());
+        let Operation::Put(decoded) = Command::decode(&entry).unwrap().operation else {
+            panic!("not a put");
+        };
+        assert!(!within(&decoded.value, &entry));
     }
 }

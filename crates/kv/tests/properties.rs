@@ -227,7 +227,14 @@ proptest! {
     fn command_encoding_round_trips(command in command()) {
         let bytes = command.encode();
         prop_assert_eq!(bytes[0], COMMAND_FORMAT_VERSION);
-        prop_assert_eq!(Command::decode(&bytes).unwrap(), command);
+        prop_assert_eq!(Command::decode(&bytes).unwrap(), command.clone());
+        // Exact capacity: nothing of the encoding's growth is kept in the log entry.
+        prop_assert_eq!(bytes.capacity(), bytes.len());
+        let shared = bytes::Bytes::from(bytes);
+        prop_assert_eq!(Command::decode_shared(&shared).unwrap(), command);
+        for cut in [0, 1, shared.len() / 2, shared.len() - 1] {
+            prop_assert!(Command::decode_shared(&shared.slice(..cut)).is_err());
+        }
     }
 
     #[test]

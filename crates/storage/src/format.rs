@@ -286,11 +286,11 @@ pub struct Write {
     pub hard_state: Option<HardState>,
     /// 0 if the write leaves the log alone; else the index from which it replaces the log.
     pub first_index: u64,
-    /// Its entries, consecutive; their data are slices of the payload (no copy).
+    /// Its entries, consecutive; each entry's data is a copy of its own (see `decode_write`).
     pub entries: Vec<Entry>,
 }
 
-/// Decodes a write payload; entry data are zero-copy slices of `payload`.
+/// Decodes a write payload; entry data are copied out of `payload`, one allocation each.
 pub fn decode_write(payload: &Bytes) -> Result<Write, FormatError> {
     let mut reader = Reader::new(payload);
     let flags = reader.u8()?;
@@ -331,7 +331,9 @@ pub fn decode_write(payload: &Bytes) -> Result<Write, FormatError> {
             term,
             index: first_index + position,
             kind,
-            data: payload.slice(start..start + length),
+            // A copy, not a slice: an entry can outlive the segment read into memory by far
+            // (the state machine may keep its value), and must not keep all of it alive.
+            data: Bytes::copy_from_slice(&payload[start..start + length]),
         });
     }
     if reader.remaining() != 0 {

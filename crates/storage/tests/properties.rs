@@ -71,6 +71,12 @@ proptest! {
         let write = decode_write(&payload).unwrap();
         prop_assert_eq!(write.hard_state, hard_state);
         prop_assert_eq!(write.first_index, first);
+        // Each entry's data is its own copy: an entry kept in memory (or a value the state
+        // machine slices out of it) never holds the whole segment buffer alive.
+        let range = payload.as_ptr_range();
+        for entry in &write.entries {
+            prop_assert!(entry.data.is_empty() || !range.contains(&entry.data.as_ptr()));
+        }
         prop_assert_eq!(write.entries, entries);
     }
 

@@ -98,7 +98,7 @@ impl Applier {
                     ));
                 }
                 let response = match entry.kind {
-                    EntryKind::Normal => match Command::decode(&entry.data) {
+                    EntryKind::Normal => match Command::decode_shared(&entry.data) {
                         Ok(command) => Outcome::Write(store.apply(entry.index, &command).response),
                         Err(error) => {
                             // Only this server writes entries; an undecodable one is skipped
