@@ -56,6 +56,16 @@ impl History {
 
     /// Appends a version (the caller keeps revisions increasing).
     pub(crate) fn push(&mut self, version: StoredVersion) {
+        if self.tail.len() == self.tail.capacity() {
+            // Most keys keep a few versions: the tail grows by one up to four (a vector would
+            // start at four), then doubles.
+            let more = if self.tail.len() < 4 {
+                1
+            } else {
+                self.tail.len()
+            };
+            self.tail.reserve_exact(more.min(CHUNK - self.tail.len()));
+        }
         self.tail.push(version);
         if self.tail.len() == CHUNK {
             let full = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK));
@@ -113,10 +123,7 @@ mod tests {
     use crate::store::Revision;
 
     fn version(main: i64) -> StoredVersion {
-        StoredVersion {
-            revision: Revision { main, sub: 0 },
-            kv: None,
-        }
+        StoredVersion::tombstone(Revision { main, sub: 0 })
     }
 
     fn mains(history: &History) -> Vec<i64> {
@@ -165,6 +172,21 @@ mod tests {
                 .collect::<Vec<_>>(),
             model.iter().rev().copied().collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn short_histories_hold_no_spare_room() {
+        assert_eq!(std::mem::size_of::<StoredVersion>(), 72);
+        let mut history = History::default();
+        for main in 1..=4 {
+            history.push(version(main));
+            assert_eq!(history.tail.capacity(), history.len());
+        }
+        for main in 5..=(CHUNK as i64 + 1) {
+            history.push(version(main));
+            assert!(history.tail.capacity() <= CHUNK);
+        }
+        assert_eq!((history.chunks.len(), history.tail.len()), (1, 1));
     }
 
     #[test]

@@ -285,9 +285,9 @@ impl Store {
             }
             let replaced = store.revisions.insert(revision, record.key.clone());
             corrupt(replaced.is_none(), "revision used twice")?;
-            let version = StoredVersion {
-                revision,
-                kv: record.kv,
+            let version = match &record.kv {
+                Some(kv) => StoredVersion::live(revision, kv),
+                None => StoredVersion::tombstone(revision),
             };
             store.stored_bytes += version.size_bytes(&record.key);
             store
@@ -356,7 +356,7 @@ impl Store {
             "bytes after the checksum",
         )?;
         for (key, versions) in &store.keys {
-            if let Some(kv) = versions.last().and_then(|version| version.kv.as_ref()) {
+            if let Some(kv) = versions.last().and_then(|version| version.kv(key)) {
                 if kv.lease != 0 {
                     let lease = store
                         .leases
@@ -390,7 +390,7 @@ fn write_snapshot<'a, W: Write>(
                 key: key.clone(),
                 main: version.revision.main,
                 sub: version.revision.sub,
-                kv: version.kv.clone(),
+                kv: version.kv(key),
             })?;
         }
     }

@@ -31,11 +31,16 @@ pub(crate) struct Revision {
     pub(crate) sub: i64,
 }
 
-/// One stored version of a key; `kv == None` is a tombstone.
+/// One stored version of a key, without the key (the map holds it once for all versions) or
+/// the mod revision (it is `revision.main`): 72 bytes instead of a [`KeyValue`]'s 96 plus the
+/// key's own allocation. `version == 0` marks a tombstone (a live version's is at least 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoredVersion {
     pub(crate) revision: Revision,
-    pub(crate) kv: Option<KeyValue>,
+    pub(crate) create_revision: i64,
+    pub(crate) version: i64,
+    pub(crate) lease: i64,
+    pub(crate) value: Bytes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,10 +51,49 @@ pub(crate) struct Lease {
 }
 
 impl StoredVersion {
+    /// `kv` (a live version; its key and mod revision are implied) at `revision`.
+    pub(crate) fn live(revision: Revision, kv: &KeyValue) -> StoredVersion {
+        debug_assert!(kv.version >= 1 && kv.mod_revision == revision.main);
+        StoredVersion {
+            revision,
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+            value: kv.value.clone(),
+        }
+    }
+
+    /// A deletion at `revision`.
+    pub(crate) fn tombstone(revision: Revision) -> StoredVersion {
+        StoredVersion {
+            revision,
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+            value: Bytes::new(),
+        }
+    }
+
+    pub(crate) fn is_tombstone(&self) -> bool {
+        self.version == 0
+    }
+
+    /// The version as etcd shows it, `None` for a tombstone.
+    pub(crate) fn kv(&self, key: &Bytes) -> Option<KeyValue> {
+        (!self.is_tombstone()).then(|| KeyValue {
+            key: key.clone(),
+            create_revision: self.create_revision,
+            mod_revision: self.revision.main,
+            version: self.version,
+            value: self.value.clone(),
+            lease: self.lease,
+        })
+    }
+
     /// What a version costs, approximately: its key and value plus a fixed overhead.
     pub(crate) fn size_bytes(&self, key: &[u8]) -> u64 {
         const OVERHEAD_BYTES: u64 = 64;
-        OVERHEAD_BYTES + key.len() as u64 + self.kv.as_ref().map_or(0, |kv| kv.value.len() as u64)
+        OVERHEAD_BYTES + key.len() as u64 + self.value.len() as u64
     }
 }
 
@@ -147,14 +191,15 @@ impl WriteContext {
     }
 }
 
-fn latest(versions: &History) -> Option<&KeyValue> {
-    versions.last().and_then(|version| version.kv.as_ref())
+fn latest(key: &Bytes, versions: &History) -> Option<KeyValue> {
+    versions.last().and_then(|version| version.kv(key))
 }
 
-fn visible_at(versions: &History, revision: i64) -> Option<&KeyValue> {
+/// The live version a read at `revision` sees, if any.
+fn visible_at(versions: &History, revision: i64) -> Option<&StoredVersion> {
     let end = versions.partition_point(|version| version.revision.main <= revision);
-    end.checked_sub(1)
-        .and_then(|index| versions[index].kv.as_ref())
+    let index = end.checked_sub(1)?;
+    Some(&versions[index]).filter(|version| !version.is_tombstone())
 }
 
 fn compare_kv(kv: &KeyValue, compare: &Compare) -> bool {
@@ -376,11 +421,16 @@ impl Store {
                     Some(key),
                     "revision index"
                 );
-                if let Some(kv) = &version.kv {
-                    assert_eq!((&kv.key, kv.mod_revision), (key, version.revision.main));
+                if version.is_tombstone() {
+                    assert_eq!(version, &StoredVersion::tombstone(version.revision));
+                } else {
+                    assert!(
+                        version.create_revision >= 1
+                            && version.create_revision <= version.revision.main
+                    );
                 }
             }
-            if let Some(kv) = latest(versions) {
+            if let Some(kv) = latest(key, versions) {
                 if kv.lease != 0 {
                     lease_keys.entry(kv.lease).or_default().insert(key.clone());
                 }
@@ -598,8 +648,9 @@ impl Store {
         context.events
     }
 
-    fn latest_kv(&self, key: &[u8]) -> Option<&KeyValue> {
-        self.keys.get(key).and_then(|versions| latest(versions))
+    fn latest_kv(&self, key: &[u8]) -> Option<KeyValue> {
+        let (key, versions) = self.keys.get_key_value(key)?;
+        latest(key, versions)
     }
 
     fn keys_in(&self, range: KeyRange<'_>) -> impl Iterator<Item = (&Bytes, &History)> + '_ {
@@ -644,12 +695,13 @@ impl Store {
         };
         let mut count = 0i64;
         let mut kvs = Vec::new();
-        for (_, versions) in self.keys_in(KeyRange::new(&request.key, &request.range_end)) {
-            if let Some(kv) = visible_at(versions, read_revision) {
-                count += 1;
-                if !request.count_only && kvs.len() < fetch_limit {
-                    kvs.push(kv.clone());
-                }
+        for (key, versions) in self.keys_in(KeyRange::new(&request.key, &request.range_end)) {
+            let Some(visible) = visible_at(versions, read_revision) else {
+                continue;
+            };
+            count += 1;
+            if !request.count_only && kvs.len() < fetch_limit {
+                kvs.extend(visible.kv(key));
             }
         }
         if filtered {
@@ -694,7 +746,7 @@ impl Store {
     }
 
     fn put_key(&mut self, context: &mut WriteContext, put: &PutRequest) -> PutResponse {
-        let previous = self.latest_kv(&put.key).cloned();
+        let previous = self.latest_kv(&put.key);
         let revision = context.next_revision();
         let value = match (&previous, put.ignore_value) {
             (Some(previous), true) => previous.value.clone(),
@@ -726,7 +778,7 @@ impl Store {
                 .expect("put checked that the lease exists");
             lease.keys.insert(put.key.clone());
         }
-        self.push_version(revision, &put.key, Some(kv.clone()));
+        self.push_version(revision, &put.key, StoredVersion::live(revision, &kv));
         context.events.push(Event {
             kind: EventType::Put,
             kv,
@@ -745,15 +797,23 @@ impl Store {
         }
     }
 
-    fn push_version(&mut self, revision: Revision, key: &Bytes, kv: Option<KeyValue>) {
-        let versions = self.keys.entry(key.clone()).or_default();
+    fn push_version(&mut self, revision: Revision, key: &Bytes, version: StoredVersion) {
+        debug_assert_eq!(version.revision, revision);
+        // The key is stored once, in the map; the revision index shares its bytes.
+        let key = match self.keys.get_key_value(&key[..]) {
+            Some((stored, _)) => stored.clone(),
+            None => {
+                self.keys.insert(key.clone(), History::default());
+                key.clone()
+            }
+        };
+        let versions = self.keys.get_mut(&key).expect("the key is in the map");
         if let Some(last) = versions.last() {
             assert!(last.revision < revision, "revisions of a key increase");
         }
-        let version = StoredVersion { revision, kv };
-        self.stored_bytes += version.size_bytes(key);
+        self.stored_bytes += version.size_bytes(&key);
         versions.push(version);
-        let replaced = self.revisions.insert(revision, key.clone());
+        let replaced = self.revisions.insert(revision, key);
         assert!(replaced.is_none(), "a revision is used once");
     }
 
@@ -764,7 +824,7 @@ impl Store {
     ) -> DeleteRangeResponse {
         let doomed: Vec<KeyValue> = self
             .keys_in(KeyRange::new(&delete.key, &delete.range_end))
-            .filter_map(|(_, versions)| latest(versions).cloned())
+            .filter_map(|(key, versions)| latest(key, versions))
             .collect();
         for kv in &doomed {
             self.delete_key(context, kv);
@@ -779,7 +839,7 @@ impl Store {
     fn delete_key(&mut self, context: &mut WriteContext, previous: &KeyValue) {
         let revision = context.next_revision();
         self.detach(previous.lease, &previous.key);
-        self.push_version(revision, &previous.key, None);
+        self.push_version(revision, &previous.key, StoredVersion::tombstone(revision));
         let kv = KeyValue {
             key: previous.key.clone(),
             mod_revision: revision.main,
@@ -794,10 +854,10 @@ impl Store {
 
     fn compare_holds(&self, compare: &Compare) -> bool {
         let mut matched = false;
-        for (_, versions) in self.keys_in(KeyRange::new(&compare.key, &compare.range_end)) {
-            if let Some(kv) = latest(versions) {
+        for (key, versions) in self.keys_in(KeyRange::new(&compare.key, &compare.range_end)) {
+            if let Some(kv) = latest(key, versions) {
                 matched = true;
-                if !compare_kv(kv, compare) {
+                if !compare_kv(&kv, compare) {
                     return false;
                 }
             }
@@ -892,7 +952,7 @@ impl Store {
             let at_or_below = versions.partition_point(|version| version.revision.main <= revision);
             let keep_from = match at_or_below.checked_sub(1) {
                 None => 0,
-                Some(newest) if versions[newest].kv.is_some() => newest,
+                Some(newest) if !versions[newest].is_tombstone() => newest,
                 Some(newest) => newest + 1,
             };
             for version in versions.drain_front(keep_from) {
@@ -957,7 +1017,7 @@ impl Store {
         let attached: Vec<KeyValue> = lease
             .keys
             .iter()
-            .map(|key| self.latest_kv(key).cloned().expect("a lease's key exists"))
+            .map(|key| self.latest_kv(key).expect("a lease's key exists"))
             .collect();
         let mut context = self.begin_write();
         for kv in &attached {
@@ -1041,16 +1101,20 @@ impl Store {
             crc.update(&stored.sub.to_be_bytes());
             crc.update(&(key.len() as u64).to_be_bytes());
             crc.update(key);
-            match &version.kv {
-                None => crc.update(&[0]),
-                Some(kv) => {
-                    crc.update(&[1]);
-                    for number in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
-                        crc.update(&number.to_be_bytes());
-                    }
-                    crc.update(&(kv.value.len() as u64).to_be_bytes());
-                    crc.update(&kv.value);
+            if version.is_tombstone() {
+                crc.update(&[0]);
+            } else {
+                crc.update(&[1]);
+                for number in [
+                    version.create_revision,
+                    version.revision.main,
+                    version.version,
+                    version.lease,
+                ] {
+                    crc.update(&number.to_be_bytes());
                 }
+                crc.update(&(version.value.len() as u64).to_be_bytes());
+                crc.update(&version.value);
             }
         }
         Ok(HashKvResponse {
@@ -1127,11 +1191,11 @@ impl Store {
             .expect("the revision index names stored versions");
         let prev_kv = index
             .checked_sub(1)
-            .and_then(|previous| versions[previous].kv.clone());
-        match &versions[index].kv {
+            .and_then(|previous| versions[previous].kv(key));
+        match versions[index].kv(key) {
             Some(kv) => Event {
                 kind: EventType::Put,
-                kv: kv.clone(),
+                kv,
                 prev_kv,
             },
             None => Event {
