@@ -283,19 +283,20 @@ impl Store {
                     "versions out of order",
                 )?;
             }
-            let replaced = store.revisions.insert(revision, record.key.clone());
+            // A key's versions are adjacent: all of them share its first record's bytes.
+            let key = match previous {
+                Some((previous_key, _)) if previous_key == record.key => previous_key,
+                _ => record.key,
+            };
+            let replaced = store.revisions.insert(revision, key.clone());
             corrupt(replaced.is_none(), "revision used twice")?;
             let version = match &record.kv {
                 Some(kv) => StoredVersion::live(revision, kv),
                 None => StoredVersion::tombstone(revision),
             };
-            store.stored_bytes += version.size_bytes(&record.key);
-            store
-                .keys
-                .entry(record.key.clone())
-                .or_default()
-                .push(version);
-            previous = Some((record.key, revision));
+            store.stored_bytes += version.size_bytes(&key);
+            store.keys.entry(key.clone()).or_default().push(version);
+            previous = Some((key, revision));
         }
         let mut previous_lease = None;
         for _ in 0..header.lease_count {
