@@ -82,7 +82,9 @@ impl ApiLimits {
     }
 }
 
-/// All five etcd client services over `backend`, ready to mount on the client listener:
+/// All five etcd client services over `backend` as tonic routes. The client port serves them
+/// through [`crate::client_server`] (which adds the HTTP endpoints); a plain tonic server can
+/// mount them too:
 /// `tonic::transport::Server::builder().add_routes(client_router(backend, limits))`.
 pub fn client_router<B: Backend>(backend: B, limits: ApiLimits) -> tonic::service::Routes {
     let decoding = limits.grpc_max_decoding_bytes();

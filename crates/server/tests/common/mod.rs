@@ -10,7 +10,11 @@ use skiff_etcd_proto::etcdserverpb::{
     maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use skiff_kv::{Command, KvConfig, Operation, Response, Store};
-use skiff_server::{client_router, ApiLimits, Backend, MemberInfo, NodeStatus, ServerError};
+use skiff_server::client_server::{self, ClientService};
+use skiff_server::http::HttpState;
+use skiff_server::limits::limited_incoming;
+use skiff_server::metrics::Metrics;
+use skiff_server::{ApiLimits, Backend, MemberInfo, NodeStatus, ServerError};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -185,14 +189,14 @@ impl TestServer {
         let backend = TestBackend::new(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let routes = client_router(backend.clone(), limits);
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
+        // The member's own client port: the tonic services and the HTTP endpoints.
+        let http = HttpState::new(Arc::new(Metrics::new()), || true);
+        let service = ClientService::new(backend.clone(), limits, http);
+        tokio::spawn(client_server::serve(
+            limited_incoming(listener, 10_000),
+            service,
+            std::future::pending(),
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
