@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use skiff_etcd_proto::etcdserverpb::{
@@ -40,6 +40,8 @@ struct Inner {
     revisions: watch::Sender<i64>,
     moved_to: Mutex<Vec<u64>>,
     leader: AtomicU64,
+    /// While set, proposals never finish (a member that lost its quorum).
+    stalled: AtomicBool,
 }
 
 impl TestBackend {
@@ -58,6 +60,7 @@ impl TestBackend {
                 revisions,
                 moved_to: Mutex::new(Vec::new()),
                 leader: AtomicU64::new(MEMBER_ID),
+                stalled: AtomicBool::new(false),
             }),
         }
     }
@@ -87,6 +90,11 @@ impl TestBackend {
         self.inner.leader.store(leader, Ordering::SeqCst);
     }
 
+    /// Makes later proposals hang forever (`true`) or apply again (`false`).
+    pub fn stall_proposals(&self, stalled: bool) {
+        self.inner.stalled.store(stalled, Ordering::SeqCst);
+    }
+
     /// The targets MoveLeader was called with.
     pub fn moved_to(&self) -> Vec<u64> {
         self.inner.moved_to.lock().unwrap().clone()
@@ -96,6 +104,9 @@ impl TestBackend {
 impl Backend for TestBackend {
     async fn propose(&self, mut operation: Operation) -> Result<Response, ServerError> {
         self.inner.proposals.fetch_add(1, Ordering::SeqCst);
+        if self.inner.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let now = self.now_ms();
         if let Operation::LeaseGrant { id, .. } = &mut operation {
             if *id == 0 {
