@@ -1,7 +1,8 @@
 //! Unary KV calls on the wire: what the client port answers, byte for byte, to well-formed and
 //! malformed gRPC requests (oversize, undecodable, truncated, compressed, several messages in one
 //! body, deadlines, unknown methods, HTTP/1.1), and how it stops. The expected answers are the
-//! ones tonic's server gives, so that any other way of serving the port must answer the same.
+//! ones tonic's server gave before the KV fast path (`client_server.rs`, `api/fast.rs`) replaced
+//! it for those calls, so these tests pin that the fast path answers exactly as it did.
 
 mod common;
 

@@ -200,7 +200,8 @@ impl TestServer {
         let backend = TestBackend::new(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // The member's own client port: the tonic services and the HTTP endpoints.
+        // The member's own client port: the KV fast path, the tonic services, the HTTP
+        // endpoints.
         let http = HttpState::new(Arc::new(Metrics::new()), || true);
         let service = ClientService::new(backend.clone(), limits, http);
         tokio::spawn(client_server::serve(
