@@ -2,21 +2,10 @@
 //!
 //! etcd serves these on every client URL next to gRPC (and, with `--listen-metrics-urls`, on
 //! extra listeners that carry only `/metrics` and `/health`). [`http_routes`] returns an
-//! [`axum::Router`]; to share the client port with the gRPC services, turn it into tonic routes
-//! and let tonic accept HTTP/1.1 as well as HTTP/2:
-//!
-//! ```ignore
-//! let routes = tonic::service::Routes::from(skiff_server::http::http_routes(state))
-//!     .add_service(KvServer::new(kv)) /* ... */;
-//! tonic::transport::Server::builder()
-//!     .accept_http1(true)
-//!     .add_routes(routes)
-//!     .serve_with_incoming_shutdown(incoming, shutdown)
-//!     .await?;
-//! ```
-//!
-//! gRPC requests are routed by path (`/etcdserverpb.KV/Range`, ...), so the two sets never
-//! collide. For a metrics-only listener use [`metrics_routes`] the same way.
+//! [`axum::Router`]; the client port mounts it beside the gRPC services
+//! ([`crate::client_server::client_routes`]), which are routed by path
+//! (`/etcdserverpb.KV/Range`, ...), so the two sets never collide. A metrics-only listener
+//! serves [`metrics_routes`] through tonic's server, accepting HTTP/1.1 as well as HTTP/2.
 //!
 //! Answers, as etcd 3.4.23 gives them (`etcdserver/api/etcdhttp`):
 //!

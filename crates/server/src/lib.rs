@@ -6,6 +6,7 @@
 pub mod api;
 pub mod backend;
 pub mod bootstrap;
+pub mod client_server;
 pub mod config;
 pub mod http;
 pub mod ids;
@@ -18,6 +19,7 @@ pub mod transport;
 
 pub use api::{client_router, ApiLimits};
 pub use backend::{Backend, MemberInfo, NodeStatus, ServerError};
+pub use client_server::ClientService;
 pub use config::{ClusterState, InitialMember, ServerConfig};
 pub use node::{Node, NodeHandle, NodeOptions};
 pub use server::{run, RunError};

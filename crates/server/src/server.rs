@@ -17,9 +17,10 @@ use skiff_storage::StorageConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, ApiLimits};
+use crate::api::ApiLimits;
 use crate::backend::Backend;
 use crate::bootstrap;
+use crate::client_server::{self, ClientService};
 use crate::config::ServerConfig;
 use crate::http::{self, HttpState};
 use crate::limits::limited_incoming;
@@ -118,28 +119,6 @@ impl PeerDirectory for TransportPeers {
         tracing::info!(peer = %format_args!("{id:x}"), "member left the cluster");
         self.0.remove_peer(id);
     }
-}
-
-/// A path no route serves: gRPC's "unknown service" (with grpc-go's message) for gRPC
-/// requests, a plain 404 for HTTP ones — as etcd answers on its client port.
-async fn unknown_path(request: axum::extract::Request) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let grpc = request
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/grpc"));
-    if !grpc {
-        return (axum::http::StatusCode::NOT_FOUND, "404 page not found\n").into_response();
-    }
-    let path = request.uri().path();
-    let message = match path.trim_start_matches('/').split_once('/') {
-        Some((service, _)) if !service.is_empty() => format!("unknown service {service}"),
-        _ => format!("malformed method name: {path:?}"),
-    };
-    tonic::Status::unimplemented(message)
-        .into_http::<axum::body::Body>()
-        .into_response()
 }
 
 /// Runs a member until `shutdown` resolves (then stops gracefully: the servers stop
@@ -311,20 +290,20 @@ pub async fn run(
     };
     let http_state = HttpState::with_async_health(metrics.clone(), health);
     for listener in client_listeners {
-        let router = api::client_router(handle.clone(), ApiLimits::from_config(&config))
-            .into_axum_router()
-            .merge(http::http_routes(http_state.clone()))
-            .fallback(unknown_path);
-        let routes = tonic::service::Routes::from(router);
-        let server = tonic::transport::Server::builder()
-            .accept_http1(true)
-            .tcp_nodelay(true)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                limited_incoming(listener, config.max_client_connections),
-                stopped(stop_rx.clone()),
-            );
-        servers.spawn(async move { ("client", server.await.map_err(|e| e.to_string())) });
+        let service = ClientService::new(
+            handle.clone(),
+            ApiLimits::from_config(&config),
+            http_state.clone(),
+        );
+        let server = client_server::serve(
+            limited_incoming(listener, config.max_client_connections),
+            service,
+            stopped(stop_rx.clone()),
+        );
+        servers.spawn(async move {
+            server.await;
+            ("client", Ok(()))
+        });
     }
     for listener in metrics_listeners {
         let routes = tonic::service::Routes::from(http::metrics_routes(http_state.clone()));

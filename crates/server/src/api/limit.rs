@@ -2,8 +2,10 @@
 //!
 //! etcd's gRPC server (grpc-go) refuses a request larger than its receive limit with
 //! `ResourceExhausted` and `grpc: received message larger than max (N vs. M)`; tonic answers
-//! `OutOfRange` with its own text. [`GoLimitStatus`] wraps a tonic service and rewrites that one
-//! status, so clients see what etcd would send.
+//! `OutOfRange` with its own text. tonic also answers an unknown method of a known service with
+//! an `Unimplemented` without a message, where grpc-go names the method. [`go_refusal`] turns
+//! tonic's statuses into grpc-go's; [`GoLimitStatus`] applies it to a tonic service's refusals,
+//! and the KV fast path (`fast.rs`) to its own, so clients see what etcd would send.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -37,6 +39,16 @@ pub fn go_status(status: Status) -> Status {
     }
 }
 
+/// grpc-go's form of a refusal tonic gives to a call of `path`: [`go_status`] for an oversize
+/// message, and the method named for tonic's message-less `Unimplemented` (an unknown method of a
+/// known service); any other status as is.
+pub fn go_refusal(status: Status, path: &str) -> Status {
+    if status.code() == Code::Unimplemented && status.message().is_empty() {
+        return Status::unimplemented(unknown_method_message(path));
+    }
+    go_status(status)
+}
+
 /// grpc-go's message for a gRPC path no service handles: `/service/method`.
 pub fn unknown_method_message(path: &str) -> String {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -48,7 +60,7 @@ pub fn unknown_method_message(path: &str) -> String {
     }
 }
 
-/// A tonic service whose oversize-request answers are rewritten by [`go_status`].
+/// A tonic service whose trailers-only refusals are rewritten by [`go_refusal`].
 #[derive(Clone, Debug)]
 pub struct GoLimitStatus<S> {
     inner: S,
@@ -85,22 +97,13 @@ where
             let mut response = answer.await?;
             // A refused request is answered trailers-only: the status is in the headers.
             if let Some(status) = Status::from_header_map(response.headers()) {
-                if status.code() == Code::Unimplemented && status.message().is_empty() {
-                    // tonic's answer to an unknown method of a known service has no message;
-                    // grpc-go names the method.
+                let (code, message) = (status.code(), status.message().to_string());
+                let rewritten = go_refusal(status, &path);
+                if rewritten.code() != code || rewritten.message() != message {
                     let headers = response.headers_mut();
                     headers.remove("grpc-message");
-                    let _ =
-                        Status::unimplemented(unknown_method_message(&path)).add_header(headers);
-                }
-                if status.code() == Code::OutOfRange {
-                    let rewritten = go_status(status);
-                    if rewritten.code() != Code::OutOfRange {
-                        let headers = response.headers_mut();
-                        headers.remove("grpc-message");
-                        headers.remove("grpc-status-details-bin");
-                        let _ = rewritten.add_header(headers);
-                    }
+                    headers.remove("grpc-status-details-bin");
+                    let _ = rewritten.add_header(headers);
                 }
             }
             Ok(response)

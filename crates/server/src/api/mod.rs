@@ -10,6 +10,7 @@
 
 mod cluster;
 pub mod convert;
+pub mod fast;
 mod kv;
 mod lease;
 mod limit;
@@ -30,7 +31,7 @@ use crate::config::ServerConfig;
 pub use cluster::ClusterService;
 pub use kv::KvService;
 pub use lease::LeaseService;
-pub use limit::{go_status, GoLimitStatus};
+pub use limit::{go_refusal, go_status, GoLimitStatus};
 pub use maintenance::{MaintenanceService, ETCD_VERSION};
 pub use watch::WatchService;
 
@@ -82,7 +83,9 @@ impl ApiLimits {
     }
 }
 
-/// All five etcd client services over `backend`, ready to mount on the client listener:
+/// All five etcd client services over `backend` as tonic routes. The client port serves them
+/// through [`crate::client_server`] (which adds the HTTP endpoints and takes unary KV calls on
+/// a fast path); a plain tonic server can mount them too:
 /// `tonic::transport::Server::builder().add_routes(client_router(backend, limits))`.
 pub fn client_router<B: Backend>(backend: B, limits: ApiLimits) -> tonic::service::Routes {
     let decoding = limits.grpc_max_decoding_bytes();

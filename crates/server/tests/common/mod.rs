@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use skiff_etcd_proto::etcdserverpb::{
@@ -10,7 +10,11 @@ use skiff_etcd_proto::etcdserverpb::{
     maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use skiff_kv::{Command, KvConfig, Operation, Response, Store};
-use skiff_server::{client_router, ApiLimits, Backend, MemberInfo, NodeStatus, ServerError};
+use skiff_server::client_server::{self, ClientService};
+use skiff_server::http::HttpState;
+use skiff_server::limits::limited_incoming;
+use skiff_server::metrics::Metrics;
+use skiff_server::{ApiLimits, Backend, MemberInfo, NodeStatus, ServerError};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
@@ -36,6 +40,8 @@ struct Inner {
     revisions: watch::Sender<i64>,
     moved_to: Mutex<Vec<u64>>,
     leader: AtomicU64,
+    /// While set, proposals never finish (a member that lost its quorum).
+    stalled: AtomicBool,
 }
 
 impl TestBackend {
@@ -54,6 +60,7 @@ impl TestBackend {
                 revisions,
                 moved_to: Mutex::new(Vec::new()),
                 leader: AtomicU64::new(MEMBER_ID),
+                stalled: AtomicBool::new(false),
             }),
         }
     }
@@ -83,6 +90,11 @@ impl TestBackend {
         self.inner.leader.store(leader, Ordering::SeqCst);
     }
 
+    /// Makes later proposals hang forever (`true`) or apply again (`false`).
+    pub fn stall_proposals(&self, stalled: bool) {
+        self.inner.stalled.store(stalled, Ordering::SeqCst);
+    }
+
     /// The targets MoveLeader was called with.
     pub fn moved_to(&self) -> Vec<u64> {
         self.inner.moved_to.lock().unwrap().clone()
@@ -92,6 +104,9 @@ impl TestBackend {
 impl Backend for TestBackend {
     async fn propose(&self, mut operation: Operation) -> Result<Response, ServerError> {
         self.inner.proposals.fetch_add(1, Ordering::SeqCst);
+        if self.inner.stalled.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let now = self.now_ms();
         if let Operation::LeaseGrant { id, .. } = &mut operation {
             if *id == 0 {
@@ -185,14 +200,15 @@ impl TestServer {
         let backend = TestBackend::new(config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let routes = client_router(backend.clone(), limits);
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
+        // The member's own client port: the KV fast path, the tonic services, the HTTP
+        // endpoints.
+        let http = HttpState::new(Arc::new(Metrics::new()), || true);
+        let service = ClientService::new(backend.clone(), limits, http);
+        tokio::spawn(client_server::serve(
+            limited_incoming(listener, 10_000),
+            service,
+            std::future::pending(),
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()

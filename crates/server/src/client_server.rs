@@ -1,0 +1,320 @@
+//! The client port: etcd's gRPC API and the HTTP endpoints on one listener, served by hyper.
+//!
+//! Every request first gets the deadline its `grpc-timeout` header asks for (as tonic's server
+//! did: past it, `Cancelled` "Timeout expired"). Then the unary KV calls (`Range`, `Put`,
+//! `DeleteRange`, `Txn`, `Compact` over gRPC, uncompressed) take the fast path of
+//! [`api::fast`](crate::api::fast), which skips tonic's and axum's generic layers — on a busy
+//! leader those cost several times the calls' own work. Everything else (Watch, Lease,
+//! Cluster, Maintenance, compressed calls, unknown methods, `/health`, `/version`, `/metrics`,
+//! unknown paths) goes to [`client_routes`], the tonic services and axum routes that served the
+//! whole port before, unchanged.
+//!
+//! Connections are HTTP/1.1 or HTTP/2 (told apart by the HTTP/2 preface), with the settings
+//! tonic 0.14's server gave them, and [`serve`] stops as tonic's `serve_with_incoming_shutdown`
+//! did: stop accepting, let open connections finish their requests, return once all closed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::{Stream, StreamExt};
+use tonic::codegen::Service as _;
+
+use crate::api::fast::{FastKv, KvMethod, UnaryBody};
+use crate::api::{self, ApiLimits};
+use crate::backend::Backend;
+use crate::http::{http_routes, HttpState};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A path no route serves: gRPC's "unknown service" (with grpc-go's message) for gRPC
+/// requests, a plain 404 for HTTP ones — as etcd answers on its client port.
+async fn unknown_path(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    if !grpc {
+        return (axum::http::StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    }
+    let path = request.uri().path();
+    let message = match path.trim_start_matches('/').split_once('/') {
+        Some((service, _)) if !service.is_empty() => format!("unknown service {service}"),
+        _ => format!("malformed method name: {path:?}"),
+    };
+    tonic::Status::unimplemented(message)
+        .into_http::<axum::body::Body>()
+        .into_response()
+}
+
+/// Everything the client port serves through tonic and axum: etcd's five services
+/// ([`api::client_router`]), the HTTP endpoints ([`http_routes`]) and the answers to unknown
+/// paths. The KV fast path serves the same KV calls the same way; this router answers them when
+/// the fast path does not take them (compressed requests, for example).
+pub fn client_routes<B: Backend>(backend: B, limits: ApiLimits, http: HttpState) -> axum::Router {
+    api::client_router(backend, limits)
+        .into_axum_router()
+        .merge(http_routes(http))
+        .fallback(unknown_path)
+        // What tonic's server did before serving (axum builds its routing tables once).
+        .with_state(())
+}
+
+/// The client port's request handler: the deadline, then the KV fast path or the router.
+pub struct ClientService<B> {
+    shared: Arc<Shared<B>>,
+}
+
+struct Shared<B> {
+    kv: FastKv<B>,
+    routes: axum::Router,
+}
+
+impl<B> Clone for ClientService<B> {
+    fn clone(&self) -> Self {
+        ClientService {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<B: Backend> ClientService<B> {
+    /// The handler over `backend`, with `http` behind `/health` and `/metrics`.
+    pub fn new(backend: B, limits: ApiLimits, http: HttpState) -> Self {
+        let routes = client_routes(backend.clone(), limits.clone(), http);
+        ClientService {
+            shared: Arc::new(Shared {
+                kv: FastKv::new(backend, limits),
+                routes,
+            }),
+        }
+    }
+
+    /// Answers one request.
+    pub async fn answer<T>(&self, request: Request<T>) -> Response<ClientBody>
+    where
+        T: Body<Data = Bytes> + Send + Unpin + 'static,
+        T::Error: Into<BoxError>,
+    {
+        match grpc_timeout(request.headers()) {
+            None => self.dispatch(request).await,
+            Some(timeout) => match tokio::time::timeout(timeout, self.dispatch(request)).await {
+                Ok(response) => response,
+                Err(_) => tonic::Status::cancelled("Timeout expired").into_http(),
+            },
+        }
+    }
+
+    async fn dispatch<T>(&self, request: Request<T>) -> Response<ClientBody>
+    where
+        T: Body<Data = Bytes> + Send + Unpin + 'static,
+        T::Error: Into<BoxError>,
+    {
+        match KvMethod::of(&request) {
+            Some(method) => self
+                .shared
+                .kv
+                .call(method, request.into_body())
+                .await
+                .map(ClientBody::Unary),
+            None => {
+                let mut routes = self.shared.routes.clone();
+                let answer = routes.call(request).await;
+                let Ok(response) = answer;
+                response.map(ClientBody::Routed)
+            }
+        }
+    }
+}
+
+impl<B: Backend> hyper::service::Service<Request<Incoming>> for ClientService<B> {
+    type Response = Response<ClientBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ClientBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move { Ok(service.answer(request).await) })
+    }
+}
+
+/// The deadline a `grpc-timeout` header asks for: up to 8 digits and a unit (`H`, `M`, `S`,
+/// `m`, `u`, `n`). A value that does not parse is ignored, as tonic and grpc-go ignore it.
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let unit_at = value.len().checked_sub(1)?;
+    let (amount, unit) = value.split_at(unit_at);
+    if amount.len() > 8 {
+        return None;
+    }
+    let amount: u64 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// A response body of the client port: the fast path's, or the router's.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// A unary KV answer (or a refusal, empty).
+    Unary(UnaryBody),
+    /// Whatever the router answered.
+    Routed(axum::body::Body),
+}
+
+impl Default for ClientBody {
+    fn default() -> Self {
+        ClientBody::Unary(UnaryBody::default())
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Unary(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(|never| match never {}))),
+            ClientBody::Routed(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Unary(body) => body.is_end_stream(),
+            ClientBody::Routed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Unary(body) => body.size_hint(),
+            ClientBody::Routed(body) => body.size_hint(),
+        }
+    }
+}
+
+/// hyper's connection settings, as tonic 0.14's `Server::builder().accept_http1(true)` made
+/// them: HTTP/1.1 and HTTP/2 by the preface; HTTP/2 with no keepalive pings (a ping's answer
+/// would be awaited 20 s), no limit on concurrent streams or on locally reset streams, fixed
+/// (not adaptive) flow-control windows; window, frame and header-list sizes and the
+/// pending-reset limit are hyper's and h2's defaults, which tonic left alone. The timers make
+/// hyper enforce its HTTP/1.1 header read timeout (30 s) and the keepalive settings.
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(None)
+        .keep_alive_timeout(Duration::from_secs(20))
+        .adaptive_window(false)
+        .max_concurrent_streams(None)
+        .max_pending_accept_reset_streams(None)
+        .max_local_error_reset_streams(None);
+    builder.http1().timer(TokioTimer::new());
+    builder
+}
+
+/// Serves `service` on each connection `incoming` yields until `shutdown` resolves, then stops
+/// accepting (`incoming` is dropped at once, which for [`limited_incoming`] closes the
+/// listener), asks every open connection to finish (HTTP/2: GOAWAY, then the streams already
+/// open are served; HTTP/1.1: closed after the answer in progress) and returns when all have
+/// closed. Also returns if `incoming` ends.
+///
+/// [`limited_incoming`]: crate::limits::limited_incoming
+pub async fn serve<B, I, C>(
+    incoming: I,
+    service: ClientService<B>,
+    shutdown: impl Future<Output = ()>,
+) where
+    B: Backend,
+    I: Stream<Item = io::Result<C>>,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = Arc::new(connection_builder());
+    let graceful = GracefulShutdown::new();
+    {
+        let mut incoming = pin!(incoming);
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let connection = tokio::select! {
+                () = &mut shutdown => break,
+                next = incoming.next() => match next {
+                    Some(Ok(connection)) => connection,
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "accepting a client connection failed");
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let builder = builder.clone();
+            let service = service.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let connection = builder.serve_connection(TokioIo::new(connection), service);
+                if let Err(error) = watcher.watch(connection).await {
+                    tracing::debug!(%error, "client connection ended with an error");
+                }
+            });
+        }
+    }
+    graceful.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeout_values() {
+        assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout("7n"), Some(Duration::from_nanos(7)));
+        assert_eq!(timeout("123456789S"), None, "more than 8 digits");
+        assert_eq!(timeout("S"), None);
+        assert_eq!(timeout(""), None);
+        assert_eq!(timeout("5s"), None);
+        assert_eq!(timeout("-5S"), None);
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+}
