@@ -10,7 +10,8 @@
 //! whole port before, unchanged.
 //!
 //! Connections are HTTP/1.1 or HTTP/2 (told apart by the HTTP/2 preface), with the settings
-//! tonic 0.14's server gave them, and [`serve`] stops as tonic's `serve_with_incoming_shutdown`
+//! tonic 0.14's server gave them. HTTP/1.1 is served by hyper; HTTP/2 by `direct_h2`, which
+//! drives the connection and runs its unary KV calls in one task. [`serve`] stops as tonic's `serve_with_incoming_shutdown`
 //! did: stop accepting, let open connections finish their requests, return once all closed.
 
 use std::convert::Infallible;
@@ -36,6 +37,8 @@ use crate::api::fast::{FastKv, KvMethod, UnaryBody};
 use crate::api::{self, ApiLimits};
 use crate::backend::Backend;
 use crate::http::{http_routes, HttpState};
+
+mod direct_h2;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -221,23 +224,11 @@ impl Body for ClientBody {
     }
 }
 
-/// hyper's connection settings, as tonic 0.14's `Server::builder().accept_http1(true)` made
-/// them: HTTP/1.1 and HTTP/2 by the preface; HTTP/2 with no keepalive pings (a ping's answer
-/// would be awaited 20 s), no limit on concurrent streams or on locally reset streams, fixed
-/// (not adaptive) flow-control windows; window, frame and header-list sizes and the
-/// pending-reset limit are hyper's and h2's defaults, which tonic left alone. The timers make
-/// hyper enforce its HTTP/1.1 header read timeout (30 s) and the keepalive settings.
+/// hyper's connection settings. hyper is only handed connections that did not begin with
+/// HTTP/2's preface (those go to `direct_h2`, with the HTTP/2 settings hyper used), so only
+/// HTTP/1.1 is configured: the timer makes hyper enforce its header read timeout (30 s).
 fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(None)
-        .keep_alive_timeout(Duration::from_secs(20))
-        .adaptive_window(false)
-        .max_concurrent_streams(None)
-        .max_pending_accept_reset_streams(None)
-        .max_local_error_reset_streams(None);
     builder.http1().timer(TokioTimer::new());
     builder
 }
@@ -247,6 +238,9 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 /// listener), asks every open connection to finish (HTTP/2: GOAWAY, then the streams already
 /// open are served; HTTP/1.1: closed after the answer in progress) and returns when all have
 /// closed. Also returns if `incoming` ends.
+///
+/// A connection whose first bytes are HTTP/2's preface is served by `direct_h2`; any other by
+/// hyper (HTTP/1.1), which is handed the bytes already read.
 ///
 /// [`limited_incoming`]: crate::limits::limited_incoming
 pub async fn serve<B, I, C>(
@@ -259,7 +253,10 @@ pub async fn serve<B, I, C>(
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let builder = Arc::new(connection_builder());
+    // hyper's connections are watched by `graceful`, the HTTP/2 ones (and those still being
+    // told apart) by `stop`: each holds a receiver until it has closed.
     let graceful = GracefulShutdown::new();
+    let (stop, _) = tokio::sync::watch::channel(false);
     {
         let mut incoming = pin!(incoming);
         let mut shutdown = pin!(shutdown);
@@ -278,15 +275,113 @@ pub async fn serve<B, I, C>(
             let builder = builder.clone();
             let service = service.clone();
             let watcher = graceful.watcher();
+            let mut stopped = stop.subscribe();
             tokio::spawn(async move {
-                let connection = builder.serve_connection(TokioIo::new(connection), service);
-                if let Err(error) = watcher.watch(connection).await {
-                    tracing::debug!(%error, "client connection ended with an error");
+                let mut connection = connection;
+                let sniffed = tokio::select! {
+                    sniffed = sniff(&mut connection) => sniffed,
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                };
+                let (http2, read) = match sniffed {
+                    Ok(sniffed) => sniffed,
+                    Err(error) => {
+                        tracing::debug!(%error, "reading from a client connection failed");
+                        return;
+                    }
+                };
+                let connection = Rewind {
+                    read,
+                    inner: connection,
+                };
+                if http2 {
+                    drop(watcher);
+                    direct_h2::serve_connection(connection, service, stopped).await;
+                } else {
+                    drop(stopped);
+                    let connection = builder.serve_connection(TokioIo::new(connection), service);
+                    if let Err(error) = watcher.watch(connection).await {
+                        tracing::debug!(%error, "client connection ended with an error");
+                    }
                 }
             });
         }
     }
-    graceful.shutdown().await;
+    // Both at once: a connection of either kind may take a while to finish.
+    let _ = stop.send(true);
+    tokio::join!(graceful.shutdown(), stop.closed());
+}
+
+/// Reads a connection's first bytes, up to HTTP/2's preface: whether they are the preface, and
+/// the bytes read (to be replayed). Stops at the first byte that differs, or at the end.
+async fn sniff<C: AsyncRead + Unpin>(connection: &mut C) -> io::Result<(bool, Bytes)> {
+    use tokio::io::AsyncReadExt;
+    let preface = direct_h2::PREFACE;
+    let mut read = [0u8; 24];
+    let mut length = 0;
+    while length < preface.len() {
+        let more = connection.read(&mut read[length..]).await?;
+        if more == 0 {
+            break;
+        }
+        length += more;
+        if read[..length] != preface[..length] {
+            break;
+        }
+    }
+    let http2 = length == preface.len() && read == *preface;
+    Ok((http2, Bytes::copy_from_slice(&read[..length])))
+}
+
+/// A connection whose first bytes were read already: they are read again first.
+struct Rewind<C> {
+    read: Bytes,
+    inner: C,
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Rewind<C> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let length = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(length));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Rewind<C> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -360,6 +360,13 @@ pub struct UnaryBody {
     trailers: Option<HeaderMap>,
 }
 
+impl UnaryBody {
+    /// The message and the trailers, for a connection that sends them itself.
+    pub(crate) fn into_parts(self) -> (Option<Bytes>, Option<HeaderMap>) {
+        (self.message, self.trailers)
+    }
+}
+
 impl Body for UnaryBody {
     type Data = Bytes;
     type Error = Infallible;
