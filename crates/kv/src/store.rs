@@ -778,7 +778,7 @@ impl Store {
                 .expect("put checked that the lease exists");
             lease.keys.insert(put.key.clone());
         }
-        self.push_version(revision, &put.key, StoredVersion::live(revision, &kv));
+        self.push_version(&put.key, StoredVersion::live(revision, &kv));
         context.events.push(Event {
             kind: EventType::Put,
             kv,
@@ -797,8 +797,8 @@ impl Store {
         }
     }
 
-    fn push_version(&mut self, revision: Revision, key: &Bytes, version: StoredVersion) {
-        debug_assert_eq!(version.revision, revision);
+    fn push_version(&mut self, key: &Bytes, version: StoredVersion) {
+        let revision = version.revision;
         // The key is stored once, in the map; the revision index shares its bytes.
         let key = match self.keys.get_key_value(&key[..]) {
             Some((stored, _)) => stored.clone(),
@@ -839,7 +839,7 @@ impl Store {
     fn delete_key(&mut self, context: &mut WriteContext, previous: &KeyValue) {
         let revision = context.next_revision();
         self.detach(previous.lease, &previous.key);
-        self.push_version(revision, &previous.key, StoredVersion::tombstone(revision));
+        self.push_version(&previous.key, StoredVersion::tombstone(revision));
         let kv = KeyValue {
             key: previous.key.clone(),
             mod_revision: revision.main,
