@@ -39,7 +39,7 @@ use skiff_etcd_proto::etcdserverpb::kv_server::Kv;
 use skiff_etcd_proto::prost::Message;
 use tonic::{Code, Status};
 
-use super::limit::go_refusal;
+use super::limit::{go_refusal, message_too_large};
 use super::{ApiLimits, KvService};
 use crate::backend::Backend;
 
@@ -136,31 +136,31 @@ impl<B: Backend> FastKv<B> {
         let limit = self.max_message_bytes;
         let service = &self.service;
         let answer = match method {
-            KvMethod::Range => match read_request(body, limit).await {
-                Ok(request) => encode(Kv::range(service, tonic::Request::new(request)).await),
-                Err(status) => Err(status),
-            },
-            KvMethod::Put => match read_request(body, limit).await {
-                Ok(request) => encode(Kv::put(service, tonic::Request::new(request)).await),
-                Err(status) => Err(status),
-            },
-            KvMethod::DeleteRange => match read_request(body, limit).await {
-                Ok(request) => {
-                    encode(Kv::delete_range(service, tonic::Request::new(request)).await)
-                }
-                Err(status) => Err(status),
-            },
-            KvMethod::Txn => match read_request(body, limit).await {
-                Ok(request) => encode(Kv::txn(service, tonic::Request::new(request)).await),
-                Err(status) => Err(status),
-            },
-            KvMethod::Compact => match read_request(body, limit).await {
-                Ok(request) => encode(Kv::compact(service, tonic::Request::new(request)).await),
-                Err(status) => Err(status),
-            },
+            KvMethod::Range => unary(body, limit, |r| Kv::range(service, r)).await,
+            KvMethod::Put => unary(body, limit, |r| Kv::put(service, r)).await,
+            KvMethod::DeleteRange => unary(body, limit, |r| Kv::delete_range(service, r)).await,
+            KvMethod::Txn => unary(body, limit, |r| Kv::txn(service, r)).await,
+            KvMethod::Compact => unary(body, limit, |r| Kv::compact(service, r)).await,
         };
         answer.unwrap_or_else(|status| go_refusal(status, method.path()).into_http())
     }
+}
+
+/// One unary call: its request read from `body`, served by `call`, the answer encoded.
+async fn unary<M, R, T, F>(
+    body: T,
+    max_message_bytes: usize,
+    call: F,
+) -> Result<Response<UnaryBody>, Status>
+where
+    M: Message + Default,
+    R: Message,
+    T: Body<Data = Bytes> + Unpin,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: AsyncFnOnce(tonic::Request<M>) -> Result<tonic::Response<R>, Status>,
+{
+    let request = read_request(body, max_message_bytes).await?;
+    encode(call(tonic::Request::new(request)).await)
 }
 
 /// Reads a unary request body: its first message, once every message in it was checked.
@@ -273,10 +273,7 @@ impl<M: Message + Default> MessageReader<M> {
             }
         }
         if length > self.max_message_bytes {
-            return Err(Status::resource_exhausted(format!(
-                "grpc: received message larger than max ({length} vs. {})",
-                self.max_message_bytes
-            )));
+            return Err(message_too_large(length, self.max_message_bytes));
         }
         Ok(())
     }

@@ -32,11 +32,16 @@ pub fn go_status(status: Status) -> Status {
         .filter(|part| !part.is_empty())
         .collect();
     match numbers.as_slice() {
-        [found, limit] => Status::resource_exhausted(format!(
-            "grpc: received message larger than max ({found} vs. {limit})"
-        )),
+        [found, limit] => message_too_large(found, limit),
         _ => Status::resource_exhausted("grpc: received message larger than max"),
     }
+}
+
+/// grpc-go's refusal of a received message of `found` bytes over its `limit`.
+pub fn message_too_large(found: impl std::fmt::Display, limit: impl std::fmt::Display) -> Status {
+    Status::resource_exhausted(format!(
+        "grpc: received message larger than max ({found} vs. {limit})"
+    ))
 }
 
 /// grpc-go's form of a refusal tonic gives to a call of `path`: [`go_status`] for an oversize
