@@ -19,7 +19,7 @@ use crate::error::{DecodeError, SnapshotError};
 use crate::history::History;
 use crate::store::{Lease, Revision, Session, Store, StoredVersion};
 use crate::types::KeyValue;
-use crate::wire::{decode_all, encode, Input, Wire};
+use crate::wire::{decode_all, Input, Wire};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\x01";
 const TAG_HEADER: u8 = 1;
@@ -84,6 +84,8 @@ record!(SessionRecord, TAG_SESSION, { client_id, sequence, last_index, response 
 struct ChecksumWriter<W> {
     inner: W,
     crc: Crc32,
+    /// The record being encoded, reused from one record to the next.
+    record: Vec<u8>,
 }
 
 impl<W: Write> ChecksumWriter<W> {
@@ -93,11 +95,15 @@ impl<W: Write> ChecksumWriter<W> {
     }
 
     fn write_record<T: Wire>(&mut self, record: &T) -> std::io::Result<()> {
-        let bytes = encode(record);
+        let mut bytes = std::mem::take(&mut self.record);
+        bytes.clear();
+        record.put(&mut bytes);
         let length = u32::try_from(bytes.len())
             .map_err(|_| std::io::Error::other("snapshot record over 4 GiB"))?;
         self.write_bytes(&length.to_le_bytes())?;
-        self.write_bytes(&bytes)
+        let written = self.write_bytes(&bytes);
+        self.record = bytes;
+        written
     }
 }
 
@@ -382,6 +388,7 @@ fn write_snapshot<'a, W: Write>(
     let mut out = ChecksumWriter {
         inner: writer,
         crc: Crc32::default(),
+        record: Vec::new(),
     };
     out.write_bytes(MAGIC)?;
     out.write_record(header)?;

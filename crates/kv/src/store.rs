@@ -12,6 +12,7 @@
 //! keys at the same revisions. After an election the new leader proposes `LeasePromote`, renewing
 //! every lease as of its own clock.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
@@ -188,6 +189,34 @@ impl WriteContext {
         };
         self.sub += 1;
         revision
+    }
+}
+
+/// Appends `version` to `versions`, the history of `key`, and indexes its revision. `key` is
+/// the key map's own copy: the revision index shares its bytes.
+fn append_version(
+    versions: &mut History,
+    key: Bytes,
+    version: StoredVersion,
+    stored_bytes: &mut u64,
+    revisions: &mut BTreeMap<Revision, Bytes>,
+) {
+    let revision = version.revision;
+    if let Some(last) = versions.last() {
+        assert!(last.revision < revision, "revisions of a key increase");
+    }
+    *stored_bytes += version.size_bytes(&key);
+    versions.push(version);
+    let replaced = revisions.insert(revision, key);
+    assert!(replaced.is_none(), "a revision is used once");
+}
+
+/// Takes `key` out of its lease's key set (`lease` 0: none).
+fn detach(leases: &mut BTreeMap<i64, Lease>, lease: i64, key: &[u8]) {
+    if lease != 0 {
+        let lease = leases.get_mut(&lease).expect("a key's lease exists");
+        let removed = lease.keys.remove(key);
+        assert!(removed, "a key is in its lease's key set");
     }
 }
 
@@ -576,14 +605,13 @@ impl Store {
         let no_events = |result| (result, Vec::new());
         match operation {
             Operation::Range(range) => no_events(self.range(range).map(ResponseBody::Range)),
-            Operation::Put(put) => match self.check_put(put) {
-                Err(error) => no_events(Err(error)),
-                Ok(()) => {
-                    let mut context = self.begin_write();
-                    let response = self.put_key(&mut context, put);
-                    (Ok(ResponseBody::Put(response)), self.end_write(context))
+            Operation::Put(put) => {
+                let mut context = self.begin_write();
+                match self.put_key(&mut context, put) {
+                    Err(error) => no_events(Err(error)),
+                    Ok(response) => (Ok(ResponseBody::Put(response)), self.end_write(context)),
                 }
-            },
+            }
             Operation::DeleteRange(delete) => {
                 let mut context = self.begin_write();
                 let response = self.delete_range(&mut context, delete);
@@ -745,76 +773,88 @@ impl Store {
         Ok(())
     }
 
-    fn put_key(&mut self, context: &mut WriteContext, put: &PutRequest) -> PutResponse {
-        let previous = self.latest_kv(&put.key);
+    /// Writes `put` at the context's next revision, finding its key once. Refuses it, changing
+    /// nothing, when `check_put` would.
+    fn put_key(
+        &mut self,
+        context: &mut WriteContext,
+        put: &PutRequest,
+    ) -> Result<PutResponse, KvError> {
+        let entry = self.keys.entry(put.key.clone());
+        let previous = match &entry {
+            Entry::Occupied(entry) => latest(entry.key(), entry.get()),
+            Entry::Vacant(_) => None,
+        };
+        if (put.ignore_value || put.ignore_lease) && previous.is_none() {
+            return Err(KvError::KeyNotFound);
+        }
+        let lease = match (&previous, put.ignore_lease) {
+            (Some(previous), true) => previous.lease,
+            _ => put.lease,
+        };
+        if lease != 0 && !self.leases.contains_key(&lease) {
+            return Err(KvError::LeaseNotFound);
+        }
         let revision = context.next_revision();
         let value = match (&previous, put.ignore_value) {
             (Some(previous), true) => previous.value.clone(),
             _ => put.value.clone(),
         };
-        let lease = match (&previous, put.ignore_lease) {
-            (Some(previous), true) => previous.lease,
-            _ => put.lease,
-        };
         let (create_revision, version) = match &previous {
             Some(previous) => (previous.create_revision, previous.version + 1),
             None => (revision.main, 1),
         };
+        // The key is stored once, in the map; versions, events and the revision index share it.
+        let (key, versions) = match entry {
+            Entry::Occupied(entry) => (entry.key().clone(), entry.into_mut()),
+            Entry::Vacant(entry) => (entry.key().clone(), entry.insert(History::default())),
+        };
+        if let Some(previous) = &previous {
+            detach(&mut self.leases, previous.lease, &key);
+        }
+        if lease != 0 {
+            let lease = self
+                .leases
+                .get_mut(&lease)
+                .expect("the lease was found above");
+            lease.keys.insert(key.clone());
+        }
         let kv = KeyValue {
-            key: put.key.clone(),
+            key: key.clone(),
             create_revision,
             mod_revision: revision.main,
             version,
             value,
             lease,
         };
-        if let Some(previous) = &previous {
-            self.detach(previous.lease, &put.key);
-        }
-        if lease != 0 {
-            let lease = self
-                .leases
-                .get_mut(&lease)
-                .expect("put checked that the lease exists");
-            lease.keys.insert(put.key.clone());
-        }
-        self.push_version(&put.key, StoredVersion::live(revision, &kv));
+        append_version(
+            versions,
+            key,
+            StoredVersion::live(revision, &kv),
+            &mut self.stored_bytes,
+            &mut self.revisions,
+        );
         context.events.push(Event {
             kind: EventType::Put,
             kv,
             prev_kv: previous.clone(),
         });
-        PutResponse {
+        Ok(PutResponse {
             prev_kv: if put.prev_kv { previous } else { None },
-        }
-    }
-
-    fn detach(&mut self, lease: i64, key: &[u8]) {
-        if lease != 0 {
-            let lease = self.leases.get_mut(&lease).expect("a key's lease exists");
-            let removed = lease.keys.remove(key);
-            assert!(removed, "a key is in its lease's key set");
-        }
+        })
     }
 
     fn push_version(&mut self, key: &Bytes, version: StoredVersion) {
-        let revision = version.revision;
-        // The key is stored once, in the map; the revision index shares its bytes.
-        let key = match self.keys.get_key_value(&key[..]) {
-            Some((stored, _)) => stored.clone(),
-            None => {
-                self.keys.insert(key.clone(), History::default());
-                key.clone()
-            }
-        };
-        let versions = self.keys.get_mut(&key).expect("the key is in the map");
-        if let Some(last) = versions.last() {
-            assert!(last.revision < revision, "revisions of a key increase");
-        }
-        self.stored_bytes += version.size_bytes(&key);
-        versions.push(version);
-        let replaced = self.revisions.insert(revision, key);
-        assert!(replaced.is_none(), "a revision is used once");
+        let entry = self.keys.entry(key.clone());
+        // The map's own copy of the key when it has one.
+        let key = entry.key().clone();
+        append_version(
+            entry.or_default(),
+            key,
+            version,
+            &mut self.stored_bytes,
+            &mut self.revisions,
+        );
     }
 
     fn delete_range(
@@ -838,7 +878,7 @@ impl Store {
 
     fn delete_key(&mut self, context: &mut WriteContext, previous: &KeyValue) {
         let revision = context.next_revision();
-        self.detach(previous.lease, &previous.key);
+        detach(&mut self.leases, previous.lease, &previous.key);
         self.push_version(&previous.key, StoredVersion::tombstone(revision));
         let kv = KeyValue {
             key: previous.key.clone(),
@@ -925,7 +965,10 @@ impl Store {
                 RequestOp::Range(range) => {
                     ResponseOp::Range(self.range(range).expect("txn checked the range"))
                 }
-                RequestOp::Put(put) => ResponseOp::Put(self.put_key(context, put)),
+                RequestOp::Put(put) => ResponseOp::Put(
+                    self.put_key(context, put)
+                        .expect("check_txn_path checked every put"),
+                ),
                 RequestOp::DeleteRange(delete) => {
                     ResponseOp::DeleteRange(self.delete_range(context, delete))
                 }

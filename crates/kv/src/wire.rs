@@ -574,10 +574,24 @@ impl Command {
     /// Encodes the command: a format version byte, then the fields. The vector's capacity is
     /// its length: a command lives on as a log entry, without the growth's slack.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![COMMAND_FORMAT_VERSION];
-        self.put(&mut out);
-        out.shrink_to_fit();
-        out
+        thread_local! {
+            // Commands are encoded into this buffer, then copied out at their exact size: one
+            // allocation per command instead of the growth steps and a shrink.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        /// A buffer grown past this by a large command is not kept.
+        const KEEP_BYTES: usize = 64 * 1024;
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            scratch.push(COMMAND_FORMAT_VERSION);
+            self.put(&mut scratch);
+            let out = scratch.to_vec();
+            if scratch.capacity() > KEEP_BYTES {
+                *scratch = Vec::new();
+            }
+            out
+        })
     }
 
     /// Decodes a command written by `encode`. Garbage gives an error, never a panic.
