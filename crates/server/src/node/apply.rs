@@ -1,10 +1,16 @@
-//! The applier: one thread applies committed entries to the store, answers the clients
-//! waiting for them, and takes snapshots: it streams the store into a snapshot file that the
-//! log writer opened for it and then publishes, so the event loop never waits for it and the
-//! serialized store is never in memory.
+//! The applier applies committed entries to the store, answers the clients waiting for them,
+//! and takes snapshots: it streams the store into a snapshot file that the log writer opened
+//! for it and then publishes, so the event loop never waits for it and the serialized store
+//! is never in memory.
+//!
+//! It runs on a thread of its own, and on the event loop when that is quicker: a small batch
+//! of committed entries arriving while the thread has nothing to do is applied where it
+//! arrives ([`ApplyQueue::entries`]), which takes a thread wake-up off every client's write
+//! when the load is light. Restores, snapshots and large batches always go to the thread.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use skiff_kv::{Command, KvConfig, Store};
 use skiff_raft::{Entry, EntryKind, SnapshotMeta};
@@ -23,9 +29,102 @@ pub(crate) enum ApplyTask {
     Restore(SnapshotMeta, Arc<ReceivedSnapshot>),
 }
 
+/// The event loop's side of the applier: committed entries are applied right there when the
+/// applier is idle and the batch is small (no thread hand-off on a client's path), queued
+/// for the applier's thread otherwise. Tasks are applied in the order they are given.
+pub(crate) struct ApplyQueue {
+    sender: Sender<ApplyTask>,
+    applier: Arc<Mutex<Applier>>,
+    /// Tasks queued and not yet fully handled by the thread: while any is, new ones queue.
+    pending: Arc<AtomicUsize>,
+}
+
+/// A batch of at most this many entries and payload bytes may be applied on the event loop.
+const INLINE_ENTRIES: usize = 64;
+const INLINE_BYTES: usize = 256 * 1024;
+
+impl ApplyQueue {
+    /// Starts the applier's thread.
+    pub fn start(applier: Applier) -> std::io::Result<(ApplyQueue, std::thread::JoinHandle<()>)> {
+        let (sender, tasks) = std::sync::mpsc::channel();
+        let applier = Arc::new(Mutex::new(applier));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (applier, pending) = (applier.clone(), pending.clone());
+            std::thread::Builder::new()
+                .name("skiff-apply".into())
+                .spawn(move || run(tasks, applier, pending))?
+        };
+        Ok((
+            ApplyQueue {
+                sender,
+                applier,
+                pending,
+            },
+            thread,
+        ))
+    }
+
+    /// Queues a task for the thread.
+    pub fn send(&self, task: ApplyTask) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.sender.send(task).is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Applies committed entries (consecutive, following the ones given before).
+    pub fn entries(&self, entries: Vec<Entry>) {
+        let small = entries.len() <= INLINE_ENTRIES
+            && entries.iter().map(|entry| entry.data.len()).sum::<usize>() <= INLINE_BYTES;
+        // Only the event loop adds tasks: none pending means every earlier one was applied.
+        if small && self.pending.load(Ordering::SeqCst) == 0 {
+            if let Ok(mut applier) = self.applier.try_lock() {
+                if applier.stopped {
+                    return;
+                }
+                applier.handle(ApplyTask::Entries(entries));
+                if !applier.stopped && applier.snapshot_due() {
+                    drop(applier);
+                    self.send(ApplyTask::Entries(Vec::new()));
+                }
+                return;
+            }
+        }
+        self.send(ApplyTask::Entries(entries));
+    }
+}
+
+fn run(tasks: Receiver<ApplyTask>, applier: Arc<Mutex<Applier>>, pending: Arc<AtomicUsize>) {
+    while let Ok(first) = tasks.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 64 {
+            match tasks.try_recv() {
+                Ok(task) => batch.push(task),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let count = batch.len();
+        let mut applier = applier.lock().expect("applier lock");
+        for task in batch {
+            if applier.stopped {
+                return;
+            }
+            applier.handle(task);
+        }
+        if applier.stopped {
+            return;
+        }
+        applier.maybe_snapshot();
+        drop(applier);
+        pending.fetch_sub(count, Ordering::SeqCst);
+    }
+}
+
 pub(crate) struct Applier {
     pub shared: Arc<Shared>,
-    pub tasks: Receiver<ApplyTask>,
+    /// Set when applying failed: the member stops, nothing more is applied.
+    pub stopped: bool,
     pub disk: Sender<DiskTask>,
     pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
     pub kv_config: KvConfig,
@@ -54,28 +153,38 @@ enum Outcome {
 }
 
 impl Applier {
-    pub fn run(mut self) {
-        while let Ok(first) = self.tasks.recv() {
-            let mut tasks = vec![first];
-            while tasks.len() < 64 {
-                match self.tasks.try_recv() {
-                    Ok(task) => tasks.push(task),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
-            for task in tasks {
-                let outcome = match task {
-                    ApplyTask::Entries(entries) => self.apply(entries),
-                    ApplyTask::Restore(meta, data) => self.restore(meta, data),
-                };
-                if let Err(error) = outcome {
-                    tracing::error!(%error, "applying failed; this member stops");
-                    let _ = self.internal.send(Internal::Fatal(error));
-                    return;
-                }
-            }
-            self.maybe_snapshot();
+    fn handle(&mut self, task: ApplyTask) {
+        let outcome = match task {
+            ApplyTask::Entries(entries) => self.apply(entries),
+            ApplyTask::Restore(meta, data) => self.restore(meta, data),
+        };
+        if let Err(error) = outcome {
+            tracing::error!(%error, "applying failed; this member stops");
+            let _ = self.internal.send(Internal::Fatal(error));
+            self.stopped = true;
         }
+    }
+
+    /// Whether `maybe_snapshot` would take a snapshot now: one is due at the applied index and
+    /// the previous one is no longer being written.
+    fn snapshot_due(&self) -> bool {
+        if self
+            .snapshotting
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+        {
+            return false;
+        }
+        let index = self
+            .shared
+            .store
+            .read()
+            .expect("store lock")
+            .applied_index();
+        self.snapshot_count != 0
+            && index > self.last_snapshot_index
+            && (index >= self.last_snapshot_index + self.snapshot_count
+                || self.bytes_since_snapshot >= self.snapshot_log_bytes)
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
@@ -212,15 +321,11 @@ impl Applier {
     /// file the log writer opened, which it then publishes (and compacts the log it covers).
     /// Applying stops only for the copy, never for the streaming.
     fn maybe_snapshot(&mut self) {
-        if self
-            .snapshotting
-            .as_ref()
-            .is_some_and(|thread| !thread.is_finished())
-        {
-            return; // the previous one is still being written
+        if !self.snapshot_due() {
+            return;
         }
         if let Some(thread) = self.snapshotting.take() {
-            let _ = thread.join();
+            let _ = thread.join(); // finished
         }
         let index = self
             .shared
@@ -228,11 +333,6 @@ impl Applier {
             .read()
             .expect("store lock")
             .applied_index();
-        let due = index >= self.last_snapshot_index + self.snapshot_count
-            || self.bytes_since_snapshot >= self.snapshot_log_bytes;
-        if self.snapshot_count == 0 || index <= self.last_snapshot_index || !due {
-            return;
-        }
         self.last_snapshot_index = index;
         self.bytes_since_snapshot = 0;
         let meta = SnapshotMeta {

@@ -16,7 +16,7 @@ use skiff_kv::{Command, Operation};
 use skiff_raft::{MembershipChange, MembershipStep, MessageBody, NodeId, RaftError, RawNode, Role};
 use tokio::sync::{mpsc, oneshot};
 
-use super::apply::ApplyTask;
+use super::apply::{ApplyQueue, ApplyTask};
 use super::disk::DiskTask;
 use super::snapshot::{local_token, ReceivedSnapshot};
 use super::{now_ms, Event, Internal, Outbound, Reply, Shared, Waiter, REMOVED};
@@ -43,7 +43,7 @@ pub(crate) struct EventLoop {
     events: mpsc::Receiver<Event>,
     internal: mpsc::UnboundedReceiver<Internal>,
     disk: Sender<DiskTask>,
-    apply: Sender<ApplyTask>,
+    apply: ApplyQueue,
     outbound: Outbound,
     /// The log directory, where the snapshots sent to followers are published.
     wal_dir: PathBuf,
@@ -78,7 +78,7 @@ impl EventLoop {
         events: mpsc::Receiver<Event>,
         internal: mpsc::UnboundedReceiver<Internal>,
         disk: Sender<DiskTask>,
-        apply: Sender<ApplyTask>,
+        apply: ApplyQueue,
         outbound: Outbound,
         wal_dir: PathBuf,
         snapshot_dir: PathBuf,
@@ -341,8 +341,7 @@ impl EventLoop {
                     };
                     // The applier replaces its state before it sees the entries that follow;
                     // the log writer makes the file this member's snapshot meanwhile.
-                    let _ = self
-                        .apply
+                    self.apply
                         .send(ApplyTask::Restore(meta.clone(), received.clone()));
                     self.install_registry(&received);
                     Some((meta, received))
@@ -372,7 +371,7 @@ impl EventLoop {
             // Committed entries before the messages: on the leader, clients wait for the
             // former, followers only learn the commit index from the latter.
             if !ready.committed_entries.is_empty() {
-                let _ = self.apply.send(ApplyTask::Entries(ready.committed_entries));
+                self.apply.entries(ready.committed_entries);
             }
             // After the log writer has its work: on the leader its write and the followers'
             // overlap, and the slower of them decides when the entries commit.

@@ -321,7 +321,6 @@ impl Node {
         let (events_tx, events_rx) = mpsc::channel(16 * 1024);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let (disk_tx, disk_rx) = std::sync::mpsc::channel();
-        let (apply_tx, apply_rx) = std::sync::mpsc::channel();
         let members = MemberView {
             registry: applied_registry.clone(),
             membership: recovered_membership.clone(),
@@ -377,7 +376,7 @@ impl Node {
             .map_err(|error| error.to_string())?;
         let applier = apply::Applier {
             shared: shared.clone(),
-            tasks: apply_rx,
+            stopped: false,
             disk: disk_tx.clone(),
             internal: internal_tx,
             kv_config: options.kv_config.clone(),
@@ -391,10 +390,8 @@ impl Node {
             registry: applied_registry,
             snapshotting: None,
         };
-        let apply_thread = std::thread::Builder::new()
-            .name("skiff-apply".into())
-            .spawn(move || applier.run())
-            .map_err(|error| error.to_string())?;
+        let (apply_queue, apply_thread) =
+            apply::ApplyQueue::start(applier).map_err(|error| error.to_string())?;
 
         let event_loop = event_loop::EventLoop::new(
             raw,
@@ -402,7 +399,7 @@ impl Node {
             events_rx,
             internal_rx,
             disk_tx,
-            apply_tx,
+            apply_queue,
             outbound,
             options.wal_dir.clone(),
             options.snapshot_dir.clone(),
