@@ -40,6 +40,7 @@ mod config;
 mod crc;
 mod error;
 mod history;
+mod key;
 mod snapshot;
 mod store;
 mod types;

@@ -17,6 +17,7 @@ use crate::config::KvConfig;
 use crate::crc::Crc32;
 use crate::error::{DecodeError, SnapshotError};
 use crate::history::History;
+use crate::key::Key;
 use crate::store::{Lease, Revision, Session, Store, StoredVersion};
 use crate::types::KeyValue;
 use crate::wire::{decode_all, Input, Wire};
@@ -152,7 +153,7 @@ fn truncated(error: std::io::Error) -> SnapshotError {
 #[derive(Clone, Debug)]
 pub struct SnapshotCopy {
     header: Header,
-    keys: BTreeMap<Bytes, History>,
+    keys: BTreeMap<Key, History>,
     leases: Vec<LeaseRecord>,
     sessions: Vec<SessionRecord>,
 }
@@ -294,14 +295,15 @@ impl Store {
                 Some((previous_key, _)) if previous_key == record.key => previous_key,
                 _ => record.key,
             };
-            let replaced = store.revisions.insert(revision, key.clone());
+            let stored_key = Key::new(&key);
+            let replaced = store.revisions.insert(revision, stored_key.clone());
             corrupt(replaced.is_none(), "revision used twice")?;
             let version = match &record.kv {
                 Some(kv) => StoredVersion::live(revision, kv),
                 None => StoredVersion::tombstone(revision),
             };
             store.stored_bytes += version.size_bytes(&key);
-            store.keys.entry(key.clone()).or_default().push(version);
+            store.keys.entry(stored_key).or_default().push(version);
             previous = Some((key, revision));
         }
         let mut previous_lease = None;
@@ -369,7 +371,7 @@ impl Store {
                         .leases
                         .get_mut(&kv.lease)
                         .ok_or(SnapshotError::Corrupt("key on an unknown lease"))?;
-                    lease.keys.insert(key.clone());
+                    lease.keys.insert(kv.key);
                 }
             }
         }
@@ -381,7 +383,7 @@ impl Store {
 fn write_snapshot<'a, W: Write>(
     writer: W,
     header: &Header,
-    keys: &BTreeMap<Bytes, History>,
+    keys: &BTreeMap<Key, History>,
     leases: impl Iterator<Item = &'a LeaseRecord>,
     sessions: impl Iterator<Item = &'a SessionRecord>,
 ) -> Result<(), SnapshotError> {
@@ -393,12 +395,13 @@ fn write_snapshot<'a, W: Write>(
     out.write_bytes(MAGIC)?;
     out.write_record(header)?;
     for (key, versions) in keys {
+        let name = key.to_bytes();
         for version in versions.iter() {
             out.write_record(&VersionRecord {
-                key: key.clone(),
+                key: name.clone(),
                 main: version.revision.main,
                 sub: version.revision.sub,
-                kv: version.kv(key),
+                kv: (!version.is_tombstone()).then(|| version.kv_named(name.clone())),
             })?;
         }
     }

@@ -1,8 +1,8 @@
 //! The MVCC store: every version of every key since the last compaction, leases, client sessions.
 //!
-//! Layout: `keys` maps a key to its versions in revision order (a tombstone marks a delete);
-//! `revisions` maps each stored revision to its key, which is the order watch events and the
-//! KV hash walk in. Both are `BTreeMap`s so every iteration order is the data's own order.
+//! Layout: `keys` maps a key (a [`Key`]: short ones inline) to its versions in revision order (a
+//! tombstone marks a delete); `revisions` maps each stored revision to its key, which is the
+//! order watch events and the KV hash walk in. Both are `BTreeMap`s so every iteration order is the data's own order.
 //!
 //! # Leases and time
 //! The store never reads a clock. Each lease stores its TTL and `renewed_at_ms`, the leader's time
@@ -23,6 +23,7 @@ use crate::config::KvConfig;
 use crate::crc::Crc32;
 use crate::error::{ConfigError, KvError};
 use crate::history::History;
+use crate::key::Key;
 use crate::types::*;
 
 /// A revision: `main` is the store revision of a write request, `sub` orders the changes inside it.
@@ -80,15 +81,21 @@ impl StoredVersion {
     }
 
     /// The version as etcd shows it, `None` for a tombstone.
-    pub(crate) fn kv(&self, key: &Bytes) -> Option<KeyValue> {
-        (!self.is_tombstone()).then(|| KeyValue {
-            key: key.clone(),
+    pub(crate) fn kv(&self, key: &Key) -> Option<KeyValue> {
+        (!self.is_tombstone()).then(|| self.kv_named(key.to_bytes()))
+    }
+
+    /// The live version as etcd shows it, named by `key` (its key's bytes).
+    pub(crate) fn kv_named(&self, key: Bytes) -> KeyValue {
+        debug_assert!(!self.is_tombstone());
+        KeyValue {
+            key,
             create_revision: self.create_revision,
             mod_revision: self.revision.main,
             version: self.version,
             value: self.value.clone(),
             lease: self.lease,
-        })
+        }
     }
 
     /// What a version costs, approximately: its key and value plus a fixed overhead.
@@ -120,8 +127,8 @@ pub(crate) struct Session {
 #[derive(Clone, Debug)]
 pub struct Store {
     pub(crate) config: KvConfig,
-    pub(crate) keys: BTreeMap<Bytes, History>,
-    pub(crate) revisions: BTreeMap<Revision, Bytes>,
+    pub(crate) keys: BTreeMap<Key, History>,
+    pub(crate) revisions: BTreeMap<Revision, Key>,
     pub(crate) current_revision: i64,
     pub(crate) compact_revision: i64,
     pub(crate) applied_index: u64,
@@ -196,16 +203,16 @@ impl WriteContext {
 /// the key map's own copy: the revision index shares its bytes.
 fn append_version(
     versions: &mut History,
-    key: Bytes,
+    key: Key,
     version: StoredVersion,
     stored_bytes: &mut u64,
-    revisions: &mut BTreeMap<Revision, Bytes>,
+    revisions: &mut BTreeMap<Revision, Key>,
 ) {
     let revision = version.revision;
     if let Some(last) = versions.last() {
         assert!(last.revision < revision, "revisions of a key increase");
     }
-    *stored_bytes += version.size_bytes(&key);
+    *stored_bytes += version.size_bytes(key.as_slice());
     versions.push(version);
     let replaced = revisions.insert(revision, key);
     assert!(replaced.is_none(), "a revision is used once");
@@ -220,7 +227,7 @@ fn detach(leases: &mut BTreeMap<i64, Lease>, lease: i64, key: &[u8]) {
     }
 }
 
-fn latest(key: &Bytes, versions: &History) -> Option<KeyValue> {
+fn latest(key: &Key, versions: &History) -> Option<KeyValue> {
     versions.last().and_then(|version| version.kv(key))
 }
 
@@ -441,7 +448,7 @@ impl Store {
             }
             for version in versions.iter() {
                 stored += 1;
-                stored_bytes += version.size_bytes(key);
+                stored_bytes += version.size_bytes(key.as_slice());
                 assert!(
                     version.revision.main <= self.current_revision && version.revision.main >= 2
                 );
@@ -461,7 +468,7 @@ impl Store {
             }
             if let Some(kv) = latest(key, versions) {
                 if kv.lease != 0 {
-                    lease_keys.entry(kv.lease).or_default().insert(key.clone());
+                    lease_keys.entry(kv.lease).or_default().insert(kv.key);
                 }
             }
         }
@@ -681,7 +688,7 @@ impl Store {
         latest(key, versions)
     }
 
-    fn keys_in(&self, range: KeyRange<'_>) -> impl Iterator<Item = (&Bytes, &History)> + '_ {
+    fn keys_in(&self, range: KeyRange<'_>) -> impl Iterator<Item = (&Key, &History)> + '_ {
         let bounds = range.bounds();
         let empty = bounds.is_none();
         let bounds = bounds.unwrap_or((Bound::Unbounded, Bound::Unbounded));
@@ -780,9 +787,15 @@ impl Store {
         context: &mut WriteContext,
         put: &PutRequest,
     ) -> Result<PutResponse, KvError> {
-        let entry = self.keys.entry(put.key.clone());
+        let entry = self.keys.entry(Key::new(&put.key));
+        // Versions read here are named by the request's key: the same bytes, no copy of an
+        // inline key.
         let previous = match &entry {
-            Entry::Occupied(entry) => latest(entry.key(), entry.get()),
+            Entry::Occupied(entry) => entry
+                .get()
+                .last()
+                .filter(|version| !version.is_tombstone())
+                .map(|version| version.kv_named(put.key.clone())),
             Entry::Vacant(_) => None,
         };
         if (put.ignore_value || put.ignore_lease) && previous.is_none() {
@@ -804,23 +817,23 @@ impl Store {
             Some(previous) => (previous.create_revision, previous.version + 1),
             None => (revision.main, 1),
         };
-        // The key is stored once, in the map; versions, events and the revision index share it.
+        // The revision index shares the map's copy of the key.
         let (key, versions) = match entry {
             Entry::Occupied(entry) => (entry.key().clone(), entry.into_mut()),
             Entry::Vacant(entry) => (entry.key().clone(), entry.insert(History::default())),
         };
         if let Some(previous) = &previous {
-            detach(&mut self.leases, previous.lease, &key);
+            detach(&mut self.leases, previous.lease, &put.key);
         }
         if lease != 0 {
             let lease = self
                 .leases
                 .get_mut(&lease)
                 .expect("the lease was found above");
-            lease.keys.insert(key.clone());
+            lease.keys.insert(put.key.clone());
         }
         let kv = KeyValue {
-            key: key.clone(),
+            key: put.key.clone(),
             create_revision,
             mod_revision: revision.main,
             version,
@@ -845,7 +858,7 @@ impl Store {
     }
 
     fn push_version(&mut self, key: &Bytes, version: StoredVersion) {
-        let entry = self.keys.entry(key.clone());
+        let entry = self.keys.entry(Key::new(key));
         // The map's own copy of the key when it has one.
         let key = entry.key().clone();
         append_version(
@@ -999,7 +1012,7 @@ impl Store {
                 Some(newest) => newest + 1,
             };
             for version in versions.drain_front(keep_from) {
-                self.stored_bytes -= version.size_bytes(key);
+                self.stored_bytes -= version.size_bytes(key.as_slice());
                 self.revisions.remove(&version.revision);
             }
             if versions.is_empty() {
@@ -1139,7 +1152,8 @@ impl Store {
             sub: i64::MAX,
         };
         for (stored, key) in self.revisions.range(..=upper) {
-            let version = self.version(key, *stored);
+            let version = self.version(key.as_slice(), *stored);
+            let key = key.as_slice();
             crc.update(&stored.main.to_be_bytes());
             crc.update(&stored.sub.to_be_bytes());
             crc.update(&(key.len() as u64).to_be_bytes());
@@ -1213,7 +1227,7 @@ impl Store {
                 break;
             }
             last_main = Some(revision.main);
-            if range.contains(stored_key) {
+            if range.contains(stored_key.as_slice()) {
                 events.push(self.event_at(stored_key, *revision));
             }
         }
@@ -1224,32 +1238,37 @@ impl Store {
         }
     }
 
-    fn event_at(&self, key: &Bytes, revision: Revision) -> Event {
+    fn event_at(&self, key: &Key, revision: Revision) -> Event {
         let versions = self
             .keys
-            .get(&key[..])
+            .get(key.as_slice())
             .expect("the revision index names stored keys");
         let index = versions
             .find(revision)
             .expect("the revision index names stored versions");
+        let name = key.to_bytes();
         let prev_kv = index
             .checked_sub(1)
-            .and_then(|previous| versions[previous].kv(key));
-        match versions[index].kv(key) {
-            Some(kv) => Event {
-                kind: EventType::Put,
-                kv,
-                prev_kv,
-            },
-            None => Event {
+            .map(|previous| &versions[previous])
+            .filter(|previous| !previous.is_tombstone())
+            .map(|previous| previous.kv_named(name.clone()));
+        let version = &versions[index];
+        if version.is_tombstone() {
+            Event {
                 kind: EventType::Delete,
                 kv: KeyValue {
-                    key: key.clone(),
+                    key: name,
                     mod_revision: revision.main,
                     ..KeyValue::default()
                 },
                 prev_kv,
-            },
+            }
+        } else {
+            Event {
+                kind: EventType::Put,
+                kv: version.kv_named(name),
+                prev_kv,
+            }
         }
     }
 }

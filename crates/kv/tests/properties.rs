@@ -10,8 +10,19 @@ use proptest::prelude::*;
 use skiff_kv::*;
 
 fn key() -> impl Strategy<Value = Bytes> {
-    prop::sample::select(vec!["a", "b", "c", "d", "p/1", "p/2", "p/3"])
-        .prop_map(|key| Bytes::from_static(key.as_bytes()))
+    // Short keys and keys longer than the store keeps inline (22 bytes), interleaved.
+    prop::sample::select(vec![
+        "a",
+        "b",
+        "c",
+        "d",
+        "p/1",
+        "p/2",
+        "p/2/a-key-longer-than-inline",
+        "p/3",
+        "p/3/another-key-longer-than-inline",
+    ])
+    .prop_map(|key| Bytes::from_static(key.as_bytes()))
 }
 
 fn range_end() -> impl Strategy<Value = Bytes> {
