@@ -368,11 +368,6 @@ impl EventLoop {
                     tracing::error!("log writer is gone");
                 }
             }
-            // Committed entries before the messages: on the leader, clients wait for the
-            // former, followers only learn the commit index from the latter.
-            if !ready.committed_entries.is_empty() {
-                self.apply.entries(ready.committed_entries);
-            }
             // After the log writer has its work: on the leader its write and the followers'
             // overlap, and the slower of them decides when the entries commit.
             let mut messages = ready.messages;
@@ -384,6 +379,13 @@ impl EventLoop {
                 for reply in self.reads.remove(&read.context).unwrap_or_default() {
                     let _ = reply.send(read.index.ok_or(ServerError::NoLeader));
                 }
+            }
+            // Committed entries last: applied here (see `ApplyQueue::entries`), they wake the
+            // tasks of the clients waiting for them after the transport's, and the runtime
+            // runs the task woken last first, so the answers go out before the commit
+            // notices to the followers.
+            if !ready.committed_entries.is_empty() {
+                self.apply.entries(ready.committed_entries);
             }
         }
         // Received snapshots the core did not take are deleted.
