@@ -1,8 +1,9 @@
 //! The MVCC store: every version of every key since the last compaction, leases, client sessions.
 //!
-//! Layout: `keys` maps a key (a [`Key`]: short ones inline) to its versions in revision order (a
-//! tombstone marks a delete); `revisions` maps each stored revision to its key, which is the
-//! order watch events and the KV hash walk in. Both are `BTreeMap`s so every iteration order is the data's own order.
+//! Layout: `keys` maps a key (a [`Key`]: short ones inline) to its versions in revision order
+//! (a tombstone marks a delete); `revisions` maps each stored revision to its key, which is the
+//! order watch events and the KV hash walk in. Both are `BTreeMap`s so every iteration order
+//! is the data's own order.
 //!
 //! # Leases and time
 //! The store never reads a clock. Each lease stores its TTL and `renewed_at_ms`, the leader's time
