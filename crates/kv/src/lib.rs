@@ -41,6 +41,7 @@ mod crc;
 mod error;
 mod history;
 mod key;
+mod revisions;
 mod snapshot;
 mod store;
 mod types;

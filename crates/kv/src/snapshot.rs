@@ -18,6 +18,7 @@ use crate::crc::Crc32;
 use crate::error::{DecodeError, SnapshotError};
 use crate::history::History;
 use crate::key::Key;
+use crate::revisions::RevisionIndex;
 use crate::store::{Lease, Revision, Session, Store, StoredVersion};
 use crate::types::KeyValue;
 use crate::wire::{decode_all, Input, Wire};
@@ -262,6 +263,8 @@ impl Store {
         store.current_revision = header.current_revision;
         store.compact_revision = header.compact_revision;
         let mut previous: Option<(Bytes, Revision)> = None;
+        // The revision index, filled in key order and sorted at the end.
+        let mut indexed = Vec::new();
         for _ in 0..header.version_count {
             let record: VersionRecord = input.read_record()?;
             let revision = Revision {
@@ -296,8 +299,7 @@ impl Store {
                 _ => record.key,
             };
             let stored_key = Key::new(&key);
-            let replaced = store.revisions.insert(revision, stored_key.clone());
-            corrupt(replaced.is_none(), "revision used twice")?;
+            indexed.push((revision, stored_key.clone()));
             let version = match &record.kv {
                 Some(kv) => StoredVersion::live(revision, kv),
                 None => StoredVersion::tombstone(revision),
@@ -306,6 +308,8 @@ impl Store {
             store.keys.entry(stored_key).or_default().push(version);
             previous = Some((key, revision));
         }
+        store.revisions = RevisionIndex::from_unsorted(indexed)
+            .map_err(|_| SnapshotError::Corrupt("revision used twice"))?;
         let mut previous_lease = None;
         for _ in 0..header.lease_count {
             let record: LeaseRecord = input.read_record()?;

@@ -2,8 +2,8 @@
 //!
 //! Layout: `keys` maps a key (a [`Key`]: short ones inline) to its versions in revision order
 //! (a tombstone marks a delete); `revisions` maps each stored revision to its key, which is the
-//! order watch events and the KV hash walk in. Both are `BTreeMap`s so every iteration order
-//! is the data's own order.
+//! order watch events and the KV hash walk in (a [`RevisionIndex`]). Both iterate in the data's
+//! own order.
 //!
 //! # Leases and time
 //! The store never reads a clock. Each lease stores its TTL and `renewed_at_ms`, the leader's time
@@ -25,6 +25,7 @@ use crate::crc::Crc32;
 use crate::error::{ConfigError, KvError};
 use crate::history::History;
 use crate::key::Key;
+use crate::revisions::RevisionIndex;
 use crate::types::*;
 
 /// A revision: `main` is the store revision of a write request, `sub` orders the changes inside it.
@@ -129,7 +130,7 @@ pub(crate) struct Session {
 pub struct Store {
     pub(crate) config: KvConfig,
     pub(crate) keys: BTreeMap<Key, History>,
-    pub(crate) revisions: BTreeMap<Revision, Key>,
+    pub(crate) revisions: RevisionIndex,
     pub(crate) current_revision: i64,
     pub(crate) compact_revision: i64,
     pub(crate) applied_index: u64,
@@ -207,7 +208,7 @@ fn append_version(
     key: Key,
     version: StoredVersion,
     stored_bytes: &mut u64,
-    revisions: &mut BTreeMap<Revision, Key>,
+    revisions: &mut RevisionIndex,
 ) {
     let revision = version.revision;
     if let Some(last) = versions.last() {
@@ -215,8 +216,7 @@ fn append_version(
     }
     *stored_bytes += version.size_bytes(key.as_slice());
     versions.push(version);
-    let replaced = revisions.insert(revision, key);
-    assert!(replaced.is_none(), "a revision is used once");
+    revisions.push(revision, key);
 }
 
 /// Takes `key` out of its lease's key set (`lease` 0: none).
@@ -342,7 +342,7 @@ impl Store {
         Ok(Store {
             config,
             keys: BTreeMap::new(),
-            revisions: BTreeMap::new(),
+            revisions: RevisionIndex::default(),
             current_revision: 1,
             compact_revision: -1,
             applied_index: 0,
@@ -454,7 +454,7 @@ impl Store {
                     version.revision.main <= self.current_revision && version.revision.main >= 2
                 );
                 assert_eq!(
-                    self.revisions.get(&version.revision),
+                    self.revisions.get(version.revision),
                     Some(key),
                     "revision index"
                 );
@@ -1005,6 +1005,7 @@ impl Store {
             return Err(KvError::FutureRevision);
         }
         let mut emptied = Vec::new();
+        let mut removed = Vec::new();
         for (key, versions) in self.keys.iter_mut() {
             let at_or_below = versions.partition_point(|version| version.revision.main <= revision);
             let keep_from = match at_or_below.checked_sub(1) {
@@ -1014,12 +1015,15 @@ impl Store {
             };
             for version in versions.drain_front(keep_from) {
                 self.stored_bytes -= version.size_bytes(key.as_slice());
-                self.revisions.remove(&version.revision);
+                removed.push(version.revision);
             }
             if versions.is_empty() {
                 emptied.push(key.clone());
             }
         }
+        removed.sort_unstable();
+        self.revisions
+            .retain(|revision| removed.binary_search(&revision).is_err());
         for key in emptied {
             self.keys.remove(&key);
         }
@@ -1152,7 +1156,7 @@ impl Store {
             main: revision,
             sub: i64::MAX,
         };
-        for (stored, key) in self.revisions.range(..=upper) {
+        for (stored, key) in self.revisions.through(upper) {
             let version = self.version(key.as_slice(), *stored);
             let key = key.as_slice();
             crc.update(&stored.main.to_be_bytes());
@@ -1221,7 +1225,7 @@ impl Store {
         let mut events = Vec::new();
         let mut next_revision = self.current_revision + 1;
         let mut last_main = None;
-        for (scanned, (revision, stored_key)) in self.revisions.range(start..).enumerate() {
+        for (scanned, (revision, stored_key)) in self.revisions.from(start).enumerate() {
             let full = events.len() >= limit || scanned >= max_scanned;
             if full && last_main != Some(revision.main) {
                 next_revision = revision.main;
