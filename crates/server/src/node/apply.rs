@@ -84,7 +84,7 @@ impl ApplyQueue {
                     return;
                 }
                 applier.handle(ApplyTask::Entries(entries));
-                if !applier.stopped && applier.snapshot_due() {
+                if !applier.stopped && applier.snapshot_due().is_some() {
                     drop(applier);
                     self.send(ApplyTask::Entries(Vec::new()));
                 }
@@ -165,15 +165,15 @@ impl Applier {
         }
     }
 
-    /// Whether `maybe_snapshot` would take a snapshot now: one is due at the applied index and
+    /// The applied index, if `maybe_snapshot` would take a snapshot there now: one is due and
     /// the previous one is no longer being written.
-    fn snapshot_due(&self) -> bool {
+    fn snapshot_due(&self) -> Option<u64> {
         if self
             .snapshotting
             .as_ref()
             .is_some_and(|thread| !thread.is_finished())
         {
-            return false;
+            return None;
         }
         let index = self
             .shared
@@ -181,10 +181,11 @@ impl Applier {
             .read()
             .expect("store lock")
             .applied_index();
-        self.snapshot_count != 0
+        let due = self.snapshot_count != 0
             && index > self.last_snapshot_index
             && (index >= self.last_snapshot_index + self.snapshot_count
-                || self.bytes_since_snapshot >= self.snapshot_log_bytes)
+                || self.bytes_since_snapshot >= self.snapshot_log_bytes);
+        due.then_some(index)
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), String> {
@@ -321,18 +322,12 @@ impl Applier {
     /// file the log writer opened, which it then publishes (and compacts the log it covers).
     /// Applying stops only for the copy, never for the streaming.
     fn maybe_snapshot(&mut self) {
-        if !self.snapshot_due() {
+        let Some(index) = self.snapshot_due() else {
             return;
-        }
+        };
         if let Some(thread) = self.snapshotting.take() {
             let _ = thread.join(); // finished
         }
-        let index = self
-            .shared
-            .store
-            .read()
-            .expect("store lock")
-            .applied_index();
         self.last_snapshot_index = index;
         self.bytes_since_snapshot = 0;
         let meta = SnapshotMeta {
