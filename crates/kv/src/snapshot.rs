@@ -369,14 +369,13 @@ impl Store {
             "bytes after the checksum",
         )?;
         for (key, versions) in &store.keys {
-            if let Some(kv) = versions.last().and_then(|version| version.kv(key)) {
-                if kv.lease != 0 {
-                    let lease = store
-                        .leases
-                        .get_mut(&kv.lease)
-                        .ok_or(SnapshotError::Corrupt("key on an unknown lease"))?;
-                    lease.keys.insert(kv.key);
-                }
+            // A tombstone's lease is 0: only live keys on a lease are attached.
+            if let Some(latest) = versions.last().filter(|version| version.lease != 0) {
+                let lease = store
+                    .leases
+                    .get_mut(&latest.lease)
+                    .ok_or(SnapshotError::Corrupt("key on an unknown lease"))?;
+                lease.keys.insert(key.to_bytes());
             }
         }
         Ok(store)
