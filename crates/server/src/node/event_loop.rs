@@ -2,12 +2,12 @@
 //!
 //! Each turn takes every queued event (up to a bound), feeds them to the core, then carries
 //! out the resulting Readies: messages go to the transport at once, writes go to the log
-//! writer (whose completion releases `messages_after_persist`), committed entries go to the
+//! writer (whose completion releases `messages_after_persist`; a Ready with nothing to sync
+//! is answered here when the writer is idle, see `DiskQueue`), committed entries go to the
 //! applier. Nothing here waits for the disk or the state machine.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use skiff_raft::{MembershipChange, MembershipStep, MessageBody, NodeId, RaftErro
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{ApplyQueue, ApplyTask};
-use super::disk::DiskTask;
+use super::disk::DiskQueue;
 use super::snapshot::{local_token, ReceivedSnapshot};
 use super::{now_ms, Event, Internal, Outbound, Reply, Shared, Waiter, REMOVED};
 use crate::backend::{NodeStatus, ServerError};
@@ -42,7 +42,7 @@ pub(crate) struct EventLoop {
     shared: Arc<Shared>,
     events: mpsc::Receiver<Event>,
     internal: mpsc::UnboundedReceiver<Internal>,
-    disk: Sender<DiskTask>,
+    disk: DiskQueue,
     apply: ApplyQueue,
     outbound: Outbound,
     /// The log directory, where the snapshots sent to followers are published.
@@ -77,7 +77,7 @@ impl EventLoop {
         shared: Arc<Shared>,
         events: mpsc::Receiver<Event>,
         internal: mpsc::UnboundedReceiver<Internal>,
-        disk: Sender<DiskTask>,
+        disk: DiskQueue,
         apply: ApplyQueue,
         outbound: Outbound,
         wal_dir: PathBuf,
@@ -353,21 +353,12 @@ impl EventLoop {
             for registry in self.registry.append(&ready.entries) {
                 self.shared.peers.ensure_all(registry);
             }
-            let needs_disk = snapshot.is_some()
-                || ready.hard_state.is_some()
-                || !ready.entries.is_empty()
-                || !ready.messages_after_persist.is_empty();
-            if needs_disk {
-                let task = DiskTask::Ready {
-                    snapshot,
-                    hard_state: ready.hard_state,
-                    entries: ready.entries,
-                    after_persist: ready.messages_after_persist,
-                };
-                if self.disk.send(task).is_err() {
-                    tracing::error!("log writer is gone");
-                }
-            }
+            self.disk.ready(
+                snapshot,
+                ready.hard_state,
+                ready.entries,
+                ready.messages_after_persist,
+            );
             // After the log writer has its work: on the leader its write and the followers'
             // overlap, and the slower of them decides when the entries commit.
             let mut messages = ready.messages;

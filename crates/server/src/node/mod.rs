@@ -357,7 +357,10 @@ impl Node {
             metrics: options.metrics.clone(),
         });
 
+        let (disk_queue, disk_done) =
+            disk::DiskQueue::new(disk_tx.clone(), storage.hard_state(), outbound.clone());
         let writer = disk::DiskWriter {
+            done: disk_done,
             catchup_entries: options.snapshot_catchup_entries,
             synced_hard_state: storage.hard_state(),
             unsynced_commit_writes: 0,
@@ -398,7 +401,7 @@ impl Node {
             shared.clone(),
             events_rx,
             internal_rx,
-            disk_tx,
+            disk_queue,
             apply_queue,
             outbound,
             options.wal_dir.clone(),
