@@ -7,6 +7,7 @@
 //! written and read one at a time, so a large state is never held twice in memory; a restore builds
 //! a new `Store` and returns it only after the checksum matched, so a bad stream changes nothing.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 
@@ -21,7 +22,7 @@ use crate::key::Key;
 use crate::revisions::RevisionIndex;
 use crate::store::{Lease, Revision, Session, Store, StoredVersion};
 use crate::types::KeyValue;
-use crate::wire::{decode_all, Input, Wire};
+use crate::wire::{decode_all, put_slice, Input, Wire};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\x01";
 const TAG_HEADER: u8 = 1;
@@ -80,6 +81,28 @@ macro_rules! record {
 
 record!(Header, TAG_HEADER, { applied_index, current_revision, compact_revision, version_count, lease_count, session_count });
 record!(VersionRecord, TAG_VERSION, { key, main, sub, kv });
+
+/// Encodes `version` of `key` as its [`VersionRecord`], straight from the store's data: a
+/// snapshot writes every version, and building each record would copy the key (when inline)
+/// and take a reference to the value, whose count other threads are touching.
+fn put_version_record(out: &mut Vec<u8>, key: &[u8], version: &StoredVersion) {
+    out.push(TAG_VERSION);
+    put_slice(out, key);
+    version.revision.main.put(out);
+    version.revision.sub.put(out);
+    if version.is_tombstone() {
+        out.push(0); // no KeyValue
+        return;
+    }
+    // The KeyValue of `StoredVersion::kv_named`, field by field as `KeyValue` is encoded.
+    out.push(1);
+    put_slice(out, key);
+    version.create_revision.put(out);
+    version.revision.main.put(out);
+    version.version.put(out);
+    put_slice(out, &version.value);
+    version.lease.put(out);
+}
 record!(LeaseRecord, TAG_LEASE, { id, ttl_seconds, renewed_at_ms });
 record!(SessionRecord, TAG_SESSION, { client_id, sequence, last_index, response });
 
@@ -97,9 +120,14 @@ impl<W: Write> ChecksumWriter<W> {
     }
 
     fn write_record<T: Wire>(&mut self, record: &T) -> std::io::Result<()> {
+        self.write_encoded(|out| record.put(out))
+    }
+
+    /// Writes the record `encode` puts into the buffer, with its length in front.
+    fn write_encoded(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> std::io::Result<()> {
         let mut bytes = std::mem::take(&mut self.record);
         bytes.clear();
-        record.put(&mut bytes);
+        encode(&mut bytes);
         let length = u32::try_from(bytes.len())
             .map_err(|_| std::io::Error::other("snapshot record over 4 GiB"))?;
         self.write_bytes(&length.to_le_bytes())?;
@@ -398,14 +426,9 @@ fn write_snapshot<'a, W: Write>(
     out.write_bytes(MAGIC)?;
     out.write_record(header)?;
     for (key, versions) in keys {
-        let name = key.to_bytes();
+        let key: &[u8] = key.borrow();
         for version in versions.iter() {
-            out.write_record(&VersionRecord {
-                key: name.clone(),
-                main: version.revision.main,
-                sub: version.revision.sub,
-                kv: (!version.is_tombstone()).then(|| version.kv_named(name.clone())),
-            })?;
+            out.write_encoded(|record| put_version_record(record, key, version))?;
         }
     }
     for lease in leases {
@@ -418,4 +441,39 @@ fn write_snapshot<'a, W: Write>(
     out.inner.write_all(&checksum.to_le_bytes())?;
     out.inner.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records the writer encodes in place are the ones `VersionRecord` encodes (and
+    /// restore decodes).
+    #[test]
+    fn versions_are_written_as_version_records() {
+        let live = StoredVersion {
+            revision: Revision { main: 300, sub: 2 },
+            create_revision: 7,
+            version: 5,
+            lease: -9,
+            value: Bytes::from_static(b"a value"),
+        };
+        let tombstone = StoredVersion::tombstone(Revision { main: 301, sub: 0 });
+        for key in [&b"k"[..], b"", b"a key longer than the store keeps inline"] {
+            for version in [&live, &tombstone] {
+                let mut direct = Vec::new();
+                put_version_record(&mut direct, key, version);
+                let name = Bytes::copy_from_slice(key);
+                let record = VersionRecord {
+                    key: name.clone(),
+                    main: version.revision.main,
+                    sub: version.revision.sub,
+                    kv: (!version.is_tombstone()).then(|| version.kv_named(name)),
+                };
+                let mut encoded = Vec::new();
+                record.put(&mut encoded);
+                assert_eq!(direct, encoded);
+            }
+        }
+    }
 }

@@ -187,10 +187,22 @@ type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 struct WriteContext {
     main: i64,
     sub: i64,
-    events: Vec<Event>,
+    /// The request's watch events, when the caller wants them (see [`Store::apply_quietly`]).
+    events: Option<Vec<Event>>,
 }
 
 impl WriteContext {
+    fn recording(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// Records the event `make` builds, if events are recorded (else it is not built).
+    fn record(&mut self, make: impl FnOnce() -> Event) {
+        if let Some(events) = &mut self.events {
+            events.push(make());
+        }
+    }
+
     fn next_revision(&mut self) -> Revision {
         let revision = Revision {
             main: self.main,
@@ -535,6 +547,18 @@ impl Store {
     /// (after a restart or a snapshot install the caller skips entries already applied); a smaller
     /// one is a bug in the caller and panics.
     pub fn apply(&mut self, index: u64, command: &Command) -> Applied {
+        self.apply_recording(index, command, true)
+    }
+
+    /// As [`Store::apply`], without building the watch events: the same state and response.
+    /// For a member, whose watchers read the events back from the history
+    /// ([`Store::events_since`]); building them would cost copies of every written key and
+    /// value, and of the version each write replaces.
+    pub fn apply_quietly(&mut self, index: u64, command: &Command) -> Response {
+        self.apply_recording(index, command, false).response
+    }
+
+    fn apply_recording(&mut self, index: u64, command: &Command, record: bool) -> Applied {
         self.advance_applied_index(index);
         if let Some(request_id) = command.request_id {
             if let Some(session) = self.sessions.get_mut(&request_id.client_id) {
@@ -563,7 +587,7 @@ impl Store {
             }
         }
         let (result, events) = match self.validate_command(command) {
-            Ok(()) => self.apply_operation(&command.operation),
+            Ok(()) => self.apply_operation(&command.operation, record),
             Err(error) => (Err(error), Vec::new()),
         };
         let response = Response {
@@ -609,26 +633,27 @@ impl Store {
     fn apply_operation(
         &mut self,
         operation: &Operation,
+        record: bool,
     ) -> (Result<ResponseBody, KvError>, Vec<Event>) {
         let no_events = |result| (result, Vec::new());
         match operation {
             Operation::Range(range) => no_events(self.range(range).map(ResponseBody::Range)),
             Operation::Put(put) => {
-                let mut context = self.begin_write();
+                let mut context = self.begin_write(record);
                 match self.put_key(&mut context, put) {
                     Err(error) => no_events(Err(error)),
                     Ok(response) => (Ok(ResponseBody::Put(response)), self.end_write(context)),
                 }
             }
             Operation::DeleteRange(delete) => {
-                let mut context = self.begin_write();
+                let mut context = self.begin_write(record);
                 let response = self.delete_range(&mut context, delete);
                 (
                     Ok(ResponseBody::DeleteRange(response)),
                     self.end_write(context),
                 )
             }
-            Operation::Txn(txn) => self.apply_txn(txn),
+            Operation::Txn(txn) => self.apply_txn(txn, record),
             Operation::Compact(compaction) => no_events(
                 self.compact(compaction.revision)
                     .map(|()| ResponseBody::Compact),
@@ -643,7 +668,7 @@ impl Store {
             ),
             Operation::LeaseRevoke { id } => match self.leases.contains_key(id) {
                 false => no_events(Err(KvError::LeaseNotFound)),
-                true => (Ok(ResponseBody::LeaseRevoke), self.revoke(*id)),
+                true => (Ok(ResponseBody::LeaseRevoke), self.revoke(*id, record)),
             },
             Operation::LeaseKeepAlive { id, now_ms } => no_events(Ok(
                 ResponseBody::LeaseKeepAlive(self.lease_keep_alive(*id, *now_ms)),
@@ -652,7 +677,7 @@ impl Store {
                 let revoked = self.expired_leases(*now_ms, *max_leases as usize);
                 let mut events = Vec::new();
                 for id in &revoked {
-                    events.extend(self.revoke(*id));
+                    events.extend(self.revoke(*id, record));
                 }
                 (Ok(ResponseBody::ExpireLeases { revoked }), events)
             }
@@ -666,22 +691,25 @@ impl Store {
         }
     }
 
-    fn begin_write(&self) -> WriteContext {
+    fn begin_write(&self, record: bool) -> WriteContext {
         WriteContext {
             main: self.current_revision + 1,
             sub: 0,
-            events: Vec::new(),
+            events: record.then(Vec::new),
         }
     }
 
     /// Ends a write request: the revision moves only if something changed.
     fn end_write(&mut self, context: WriteContext) -> Vec<Event> {
         debug_assert_eq!(context.main, self.current_revision + 1);
-        debug_assert_eq!(context.sub as usize, context.events.len());
+        debug_assert!(context
+            .events
+            .as_ref()
+            .is_none_or(|events| events.len() == context.sub as usize));
         if context.sub > 0 {
             self.current_revision += 1;
         }
-        context.events
+        context.events.unwrap_or_default()
     }
 
     fn latest_kv(&self, key: &[u8]) -> Option<KeyValue> {
@@ -789,43 +817,44 @@ impl Store {
         put: &PutRequest,
     ) -> Result<PutResponse, KvError> {
         let entry = self.keys.entry(Key::new(&put.key));
-        // Versions read here are named by the request's key: the same bytes, no copy of an
-        // inline key.
-        let previous = match &entry {
-            Entry::Occupied(entry) => entry
-                .get()
-                .last()
-                .filter(|version| !version.is_tombstone())
-                .map(|version| version.kv_named(put.key.clone())),
+        let replaced = match &entry {
+            Entry::Occupied(entry) => entry.get().last().filter(|version| !version.is_tombstone()),
             Entry::Vacant(_) => None,
         };
-        if (put.ignore_value || put.ignore_lease) && previous.is_none() {
+        if (put.ignore_value || put.ignore_lease) && replaced.is_none() {
             return Err(KvError::KeyNotFound);
         }
-        let lease = match (&previous, put.ignore_lease) {
-            (Some(previous), true) => previous.lease,
+        // The replaced version as a whole is only wanted by the answer and the event; it is
+        // named by the request's key (the same bytes, no copy of an inline key).
+        let previous = replaced
+            .filter(|_| put.prev_kv || context.recording())
+            .map(|version| version.kv_named(put.key.clone()));
+        let lease = match replaced {
+            Some(replaced) if put.ignore_lease => replaced.lease,
             _ => put.lease,
         };
         if lease != 0 && !self.leases.contains_key(&lease) {
             return Err(KvError::LeaseNotFound);
         }
         let revision = context.next_revision();
-        let value = match (&previous, put.ignore_value) {
-            (Some(previous), true) => previous.value.clone(),
-            _ => put.value.clone(),
+        let (create_revision, version, replaced_lease) = match replaced {
+            Some(replaced) => (
+                replaced.create_revision,
+                replaced.version + 1,
+                replaced.lease,
+            ),
+            None => (revision.main, 1, 0),
         };
-        let (create_revision, version) = match &previous {
-            Some(previous) => (previous.create_revision, previous.version + 1),
-            None => (revision.main, 1),
+        let value = match replaced {
+            Some(replaced) if put.ignore_value => replaced.value.clone(),
+            _ => put.value.clone(),
         };
         // The revision index shares the map's copy of the key.
         let (key, versions) = match entry {
             Entry::Occupied(entry) => (entry.key().clone(), entry.into_mut()),
             Entry::Vacant(entry) => (entry.key().clone(), entry.insert(History::default())),
         };
-        if let Some(previous) = &previous {
-            detach(&mut self.leases, previous.lease, &put.key);
-        }
+        detach(&mut self.leases, replaced_lease, &put.key);
         if lease != 0 {
             let lease = self
                 .leases
@@ -833,26 +862,32 @@ impl Store {
                 .expect("the lease was found above");
             lease.keys.insert(put.key.clone());
         }
-        let kv = KeyValue {
-            key: put.key.clone(),
+        context.record(|| Event {
+            kind: EventType::Put,
+            kv: KeyValue {
+                key: put.key.clone(),
+                create_revision,
+                mod_revision: revision.main,
+                version,
+                value: value.clone(),
+                lease,
+            },
+            prev_kv: previous.clone(),
+        });
+        let stored = StoredVersion {
+            revision,
             create_revision,
-            mod_revision: revision.main,
             version,
-            value,
             lease,
+            value,
         };
         append_version(
             versions,
             key,
-            StoredVersion::live(revision, &kv),
+            stored,
             &mut self.stored_bytes,
             &mut self.revisions,
         );
-        context.events.push(Event {
-            kind: EventType::Put,
-            kv,
-            prev_kv: previous.clone(),
-        });
         Ok(PutResponse {
             prev_kv: if put.prev_kv { previous } else { None },
         })
@@ -894,14 +929,13 @@ impl Store {
         let revision = context.next_revision();
         detach(&mut self.leases, previous.lease, &previous.key);
         self.push_version(&previous.key, StoredVersion::tombstone(revision));
-        let kv = KeyValue {
-            key: previous.key.clone(),
-            mod_revision: revision.main,
-            ..KeyValue::default()
-        };
-        context.events.push(Event {
+        context.record(|| Event {
             kind: EventType::Delete,
-            kv,
+            kv: KeyValue {
+                key: previous.key.clone(),
+                mod_revision: revision.main,
+                ..KeyValue::default()
+            },
             prev_kv: Some(previous.clone()),
         });
     }
@@ -953,13 +987,17 @@ impl Store {
         Ok(())
     }
 
-    fn apply_txn(&mut self, txn: &TxnRequest) -> (Result<ResponseBody, KvError>, Vec<Event>) {
+    fn apply_txn(
+        &mut self,
+        txn: &TxnRequest,
+        record: bool,
+    ) -> (Result<ResponseBody, KvError>, Vec<Event>) {
         let mut path = Vec::new();
         self.txn_path(txn, &mut path);
         if let Err(error) = self.check_txn_path(txn, &mut path.iter()) {
             return (Err(error), Vec::new());
         }
-        let mut context = self.begin_write();
+        let mut context = self.begin_write(record);
         let mut steps = path.iter();
         let response = self.execute_txn(&mut context, txn, &mut steps);
         assert!(steps.next().is_none(), "the whole path was used");
@@ -1073,14 +1111,14 @@ impl Store {
     }
 
     /// Deletes the lease's keys in one write request (one revision) and forgets the lease.
-    fn revoke(&mut self, id: i64) -> Vec<Event> {
+    fn revoke(&mut self, id: i64, record: bool) -> Vec<Event> {
         let lease = self.leases.get(&id).expect("revoke of an existing lease");
         let attached: Vec<KeyValue> = lease
             .keys
             .iter()
             .map(|key| self.latest_kv(key).expect("a lease's key exists"))
             .collect();
-        let mut context = self.begin_write();
+        let mut context = self.begin_write(record);
         for kv in &attached {
             self.delete_key(&mut context, kv);
         }

@@ -172,10 +172,15 @@ impl Wire for bool {
     }
 }
 
+/// Encodes `bytes` as a [`Bytes`] is encoded: the length, then the bytes.
+pub(crate) fn put_slice(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
 impl Wire for Bytes {
     fn put(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.len() as u64);
-        out.extend_from_slice(self);
+        put_slice(out, self);
     }
     fn get(input: &mut Input<'_>) -> Result<Self, DecodeError> {
         input.payload()

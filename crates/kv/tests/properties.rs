@@ -76,13 +76,22 @@ fn range_request() -> impl Strategy<Value = RangeRequest> {
 }
 
 fn put_request() -> impl Strategy<Value = PutRequest> {
+    put_of(key(), lease_id(), 0.1)
+}
+
+/// Puts of `keys` on `leases`, each ignore flag set with probability `ignore`.
+fn put_of(
+    keys: impl Strategy<Value = Bytes>,
+    leases: impl Strategy<Value = i64>,
+    ignore: f64,
+) -> impl Strategy<Value = PutRequest> {
     (
-        key(),
+        keys,
         value(),
-        lease_id(),
+        leases,
         any::<bool>(),
-        prop::bool::weighted(0.1),
-        prop::bool::weighted(0.1),
+        prop::bool::weighted(ignore),
+        prop::bool::weighted(ignore),
     )
         .prop_map(
             |(key, value, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
@@ -183,6 +192,30 @@ fn command() -> impl Strategy<Value = Command> {
     ];
     (request_id, operation()).prop_map(|(request_id, operation)| Command {
         request_id,
+        operation,
+    })
+}
+
+/// Commands crowded onto two keys and three leases, so that puts often replace a version
+/// with a lease (`ignore_lease`, `ignore_value`, `prev_kv` on it) and revocations delete keys.
+fn crowded_command() -> impl Strategy<Value = Command> {
+    let key =
+        prop::sample::select(vec!["a", "b"]).prop_map(|key| Bytes::from_static(key.as_bytes()));
+    let put = put_of(key.clone(), 0i64..4, 0.3);
+    let delete = (key, any::<bool>()).prop_map(|(key, prev_kv)| DeleteRangeRequest {
+        key,
+        prev_kv,
+        ..DeleteRangeRequest::default()
+    });
+    let operation = prop_oneof![
+        6 => put.prop_map(Operation::Put),
+        1 => delete.prop_map(Operation::DeleteRange),
+        2 => (1i64..4, 1i64..5).prop_map(|(id, ttl_seconds)| Operation::LeaseGrant { id, ttl_seconds, now_ms: 0 }),
+        1 => (1i64..4).prop_map(|id| Operation::LeaseRevoke { id }),
+        1 => (0i64..10_000).prop_map(|now_ms| Operation::ExpireLeases { now_ms, max_leases: 2 }),
+    ];
+    operation.prop_map(|operation| Command {
+        request_id: None,
         operation,
     })
 }
@@ -310,6 +343,20 @@ proptest! {
         }
         prop_assert_eq!(observe(&restored), observe(&original));
         prop_assert_eq!(snapshot_bytes(&restored), snapshot_bytes(&original));
+    }
+
+    /// Applying without building watch events (as members do) changes the store exactly as
+    /// applying with them, and answers the same.
+    #[test]
+    fn applying_quietly_is_applying(commands in prop::collection::vec(prop_oneof![command(), crowded_command()], 1..60)) {
+        let mut loud = Store::new(config()).unwrap();
+        let mut quiet = Store::new(config()).unwrap();
+        for (index, command) in commands.iter().enumerate() {
+            let index = index as u64 + 1;
+            prop_assert_eq!(loud.apply(index, command).response, quiet.apply_quietly(index, command));
+        }
+        prop_assert_eq!(observe(&quiet), observe(&loud));
+        prop_assert_eq!(snapshot_bytes(&quiet), snapshot_bytes(&loud));
     }
 
     /// A snapshot copy taken at a random point writes exactly the snapshot of that moment,

@@ -209,7 +209,7 @@ impl Applier {
                 }
                 let response = match entry.kind {
                     EntryKind::Normal => match Command::decode_shared(&entry.data) {
-                        Ok(command) => Outcome::Write(store.apply(entry.index, &command).response),
+                        Ok(command) => Outcome::Write(store.apply_quietly(entry.index, &command)),
                         Err(error) => {
                             // Only this server writes entries; an undecodable one is skipped
                             // identically on every member.
