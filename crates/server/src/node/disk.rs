@@ -1,10 +1,11 @@
-//! The log writer: one thread owns the store and turns queued writes into one `fdatasync`
-//! per batch (group commit). It runs in parallel with replication: the leader sends
-//! AppendEntries while its own copy is being written (the Ready contract allows it).
+//! The log writer: a thread turns queued writes into one `fdatasync` per batch (group
+//! commit). It runs in parallel with replication: the leader sends AppendEntries while its
+//! own copy is being written (the Ready contract allows it). A follower whose writer is idle
+//! writes on the event loop instead (see [`DiskQueue`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use skiff_raft::{Entry, HardState, Message, SnapshotMeta};
@@ -48,8 +49,16 @@ pub(crate) enum DiskTask {
 /// would only cost its thread a wake-up per commit: they are sent from here. A hard state
 /// that changes only the commit index needs no sync (see [`DiskWriter`]), so it is kept
 /// here and written with the next task, and a commit alone never wakes the writer.
+///
+/// On a follower, a Ready's writes are on the path of every commit: the leader waits for the
+/// acknowledgement sent after them. When the writer is idle, handing them to its thread
+/// costs a wake-up of that thread before the write starts; the event loop writes them itself
+/// instead, under the writer's lock (etcd's followers also save in their raft loop). Only a
+/// follower does: a leader's own write overlaps replication, and a leader must keep ticking
+/// (heartbeats) however slow its disk is.
 pub(crate) struct DiskQueue {
     tasks: Sender<DiskTask>,
+    writer: Arc<Mutex<DiskWriter>>,
     /// `Ready` tasks handed to the writer.
     sent: u64,
     /// `Ready` tasks the writer has finished: synced, and their messages handed to the
@@ -64,33 +73,37 @@ pub(crate) struct DiskQueue {
 }
 
 impl DiskQueue {
-    /// The queue and the counter its writer (`DiskWriter::done`) advances.
-    pub fn new(
-        tasks: Sender<DiskTask>,
-        recovered: HardState,
-        outbound: Outbound,
-    ) -> (DiskQueue, Arc<AtomicU64>) {
-        let done = Arc::new(AtomicU64::new(0));
-        let queue = DiskQueue {
+    /// The queue in front of `writer`, whose thread reads `tasks` (see [`run`]).
+    pub fn new(tasks: Sender<DiskTask>, writer: Arc<Mutex<DiskWriter>>) -> DiskQueue {
+        let (done, recovered, outbound) = {
+            let writer = writer.lock().expect("log writer lock");
+            (
+                writer.done.clone(),
+                writer.synced_hard_state,
+                writer.outbound.clone(),
+            )
+        };
+        DiskQueue {
             tasks,
+            writer,
             sent: 0,
-            done: done.clone(),
+            done,
             handed_term: recovered.term,
             handed_vote: recovered.vote,
             deferred: None,
             outbound,
-        };
-        (queue, done)
+        }
     }
 
     /// Hands over one Ready's writes and the messages that wait for them (see the type's
-    /// docs for the Readies answered without the writer).
+    /// docs for the Readies answered without the writer, and for `follower`'s).
     pub fn ready(
         &mut self,
         snapshot: Option<(SnapshotMeta, Arc<ReceivedSnapshot>)>,
         hard_state: Option<HardState>,
         entries: Vec<Entry>,
         after_persist: Vec<Message>,
+        follower: bool,
     ) {
         let commit_only = snapshot.is_none()
             && entries.is_empty()
@@ -115,6 +128,8 @@ impl DiskQueue {
             self.handed_vote = hard.vote;
             self.deferred = None;
         }
+        let inline =
+            follower && snapshot.is_none() && self.done.load(Ordering::Acquire) == self.sent;
         let task = DiskTask::Ready {
             snapshot,
             hard_state,
@@ -122,6 +137,15 @@ impl DiskQueue {
             after_persist,
         };
         self.sent += 1;
+        if inline {
+            // The thread may hold the lock for a snapshot task; then the task waits its turn.
+            if let Ok(mut writer) = self.writer.try_lock() {
+                if let Err(error) = writer.write_batch(vec![task]) {
+                    writer.fail(&error);
+                }
+                return;
+            }
+        }
         if self.tasks.send(task).is_err() {
             tracing::error!("log writer is gone");
         }
@@ -140,7 +164,6 @@ pub(crate) struct DiskWriter {
     pub unsynced_commit_writes: u32,
     /// Entries kept in the log behind each snapshot this member takes.
     pub catchup_entries: u64,
-    pub tasks: Receiver<DiskTask>,
     pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
     pub outbound: Outbound,
     /// `Ready` tasks finished (see [`DiskQueue`]).
@@ -149,26 +172,32 @@ pub(crate) struct DiskWriter {
     pub on_fsync: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
 }
 
-impl DiskWriter {
-    /// Runs until the task channel closes or the disk fails (then reports `Internal::Fatal`).
-    pub fn run(mut self) {
-        while let Ok(first) = self.tasks.recv() {
-            let mut batch = vec![first];
-            loop {
-                match self.tasks.try_recv() {
-                    Ok(task) => batch.push(task),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-                if batch.len() >= 1024 {
-                    break;
-                }
+/// The writer's thread: runs until the task channel closes or the disk fails (then reports
+/// `Internal::Fatal`).
+pub(crate) fn run(writer: Arc<Mutex<DiskWriter>>, tasks: Receiver<DiskTask>) {
+    while let Ok(first) = tasks.recv() {
+        let mut batch = vec![first];
+        loop {
+            match tasks.try_recv() {
+                Ok(task) => batch.push(task),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
-            if let Err(error) = self.write_batch(batch) {
-                tracing::error!(%error, "the log store failed; this member stops");
-                let _ = self.internal.send(Internal::Fatal(error.to_string()));
-                return;
+            if batch.len() >= 1024 {
+                break;
             }
         }
+        let mut writer = writer.lock().expect("log writer lock");
+        if let Err(error) = writer.write_batch(batch) {
+            writer.fail(&error);
+            return;
+        }
+    }
+}
+
+impl DiskWriter {
+    fn fail(&self, error: &StorageError) {
+        tracing::error!(%error, "the log store failed; this member stops");
+        let _ = self.internal.send(Internal::Fatal(error.to_string()));
     }
 
     fn write_batch(&mut self, batch: Vec<DiskTask>) -> Result<(), StorageError> {
@@ -289,8 +318,8 @@ fn install(
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::sync::mpsc::{channel, Receiver};
-    use std::sync::Mutex;
 
     use bytes::Bytes;
     use skiff_raft::{EntryKind, MessageBody};
@@ -324,32 +353,93 @@ mod tests {
         Some(HardState { term, vote, commit })
     }
 
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("skiff-disk-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A writer over a new log store in `dir` at term 3, sending to `outbound`, with `on_fsync`,
+    /// counting finished Readies in `done`.
+    fn writer_in(
+        dir: &Scratch,
+        outbound: Outbound,
+        on_fsync: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
+        done: Arc<AtomicU64>,
+    ) -> DiskWriter {
+        let file_system = OsFileSystem::new(&dir.0).unwrap();
+        let (mut storage, _) =
+            skiff_storage::FileStorage::open(file_system, Default::default()).unwrap();
+        let recovered = HardState {
+            term: 3,
+            ..HardState::default()
+        };
+        storage.set_hard_state(recovered).unwrap();
+        storage.sync().unwrap();
+        let (internal, _) = tokio::sync::mpsc::unbounded_channel();
+        DiskWriter {
+            storage,
+            synced_hard_state: recovered,
+            unsynced_commit_writes: 0,
+            catchup_entries: 0,
+            internal,
+            outbound,
+            done,
+            on_fsync,
+        }
+    }
+
     struct Harness {
         queue: DiskQueue,
+        writer: Arc<Mutex<DiskWriter>>,
         done: Arc<AtomicU64>,
         tasks: Receiver<DiskTask>,
         sent: Arc<Mutex<Vec<Message>>>,
+        _dir: Scratch,
     }
 
     impl Harness {
-        fn new() -> Harness {
+        fn new(name: &str) -> Harness {
+            let dir = Scratch::new(name);
             let (tx, tasks) = channel();
             let sent = Arc::new(Mutex::new(Vec::new()));
             let outbound: Outbound = {
                 let sent = sent.clone();
                 Arc::new(move |messages| sent.lock().unwrap().extend(messages))
             };
-            let recovered = HardState {
-                term: 3,
-                ..HardState::default()
-            };
-            let (queue, done) = DiskQueue::new(tx, recovered, outbound);
+            let done = Arc::new(AtomicU64::new(0));
+            let writer = writer_in(&dir, outbound, Arc::new(|_| {}), done.clone());
+            let writer = Arc::new(Mutex::new(writer));
             Harness {
-                queue,
+                queue: DiskQueue::new(tx, writer.clone()),
+                writer,
                 done,
                 tasks,
                 sent,
+                _dir: dir,
             }
+        }
+
+        /// Hands over a Ready as the leader does (never written on the event loop).
+        fn ready(
+            &mut self,
+            hard_state: Option<HardState>,
+            entries: Vec<Entry>,
+            acks: Vec<Message>,
+        ) {
+            self.queue.ready(None, hard_state, entries, acks, false);
         }
 
         /// The next task handed to the writer: (hard state, entry count, acknowledgements).
@@ -374,13 +464,16 @@ mod tests {
             while self.task().is_some() {}
             self.done.store(self.queue.sent, Ordering::Release);
         }
+
+        fn last_index(&self) -> u64 {
+            self.writer.lock().unwrap().storage.last_index()
+        }
     }
 
     #[test]
     fn a_commit_notice_is_answered_at_once_when_the_writer_is_idle() {
-        let mut h = Harness::new();
-        h.queue
-            .ready(None, hard(3, None, 7), Vec::new(), vec![ack(7)]);
+        let mut h = Harness::new("notice");
+        h.ready(hard(3, None, 7), Vec::new(), vec![ack(7)]);
         assert_eq!(h.sent_now(), vec![ack(7)], "answered without the writer");
         assert!(
             h.task().is_none(),
@@ -388,7 +481,7 @@ mod tests {
         );
 
         // The commit index rides with the next write.
-        h.queue.ready(None, None, vec![entry(8)], vec![ack(8)]);
+        h.ready(None, vec![entry(8)], vec![ack(8)]);
         assert_eq!(h.task(), Some((hard(3, None, 7), 1, vec![ack(8)])));
         assert!(
             h.sent_now().is_empty(),
@@ -398,66 +491,86 @@ mod tests {
 
     #[test]
     fn a_commit_notice_waits_behind_unfinished_writes() {
-        let mut h = Harness::new();
-        h.queue.ready(None, None, vec![entry(8)], vec![ack(8)]);
+        let mut h = Harness::new("waits");
+        h.ready(None, vec![entry(8)], vec![ack(8)]);
         assert_eq!(h.task(), Some((None, 1, vec![ack(8)])));
         // Entry 8 is not durable yet: the answer to a notice covering it must not overtake it.
-        h.queue
-            .ready(None, hard(3, None, 8), Vec::new(), vec![ack(8)]);
+        h.ready(hard(3, None, 8), Vec::new(), vec![ack(8)]);
         assert!(h.sent_now().is_empty());
         assert_eq!(h.task(), Some((hard(3, None, 8), 0, vec![ack(8)])));
 
         // Once the writer has finished both, notices are answered directly again.
         h.done.fetch_add(1, Ordering::Release);
-        h.queue
-            .ready(None, hard(3, None, 8), Vec::new(), vec![ack(8)]);
+        h.ready(hard(3, None, 8), Vec::new(), vec![ack(8)]);
         assert!(
             h.sent_now().is_empty(),
             "one of two tasks is still unfinished"
         );
         assert!(h.task().is_some());
         h.writer_catches_up();
-        h.queue
-            .ready(None, hard(3, None, 9), Vec::new(), vec![ack(9)]);
+        h.ready(hard(3, None, 9), Vec::new(), vec![ack(9)]);
         assert_eq!(h.sent_now(), vec![ack(9)]);
         assert!(h.task().is_none());
     }
 
     #[test]
     fn a_new_term_or_vote_always_goes_through_the_writer() {
-        let mut h = Harness::new();
-        h.queue
-            .ready(None, hard(4, None, 0), Vec::new(), vec![ack(0)]);
+        let mut h = Harness::new("term");
+        h.ready(hard(4, None, 0), Vec::new(), vec![ack(0)]);
         assert!(h.sent_now().is_empty(), "a new term must be synced first");
         assert_eq!(h.task(), Some((hard(4, None, 0), 0, vec![ack(0)])));
         h.writer_catches_up();
 
-        h.queue
-            .ready(None, hard(4, Some(2), 0), Vec::new(), vec![ack(0)]);
+        h.ready(hard(4, Some(2), 0), Vec::new(), vec![ack(0)]);
         assert!(h.sent_now().is_empty(), "a vote must be synced first");
         assert_eq!(h.task(), Some((hard(4, Some(2), 0), 0, vec![ack(0)])));
         h.writer_catches_up();
 
         // Same term and vote as handed over: commit-only again.
-        h.queue
-            .ready(None, hard(4, Some(2), 5), Vec::new(), vec![ack(5)]);
+        h.ready(hard(4, Some(2), 5), Vec::new(), vec![ack(5)]);
         assert_eq!(h.sent_now(), vec![ack(5)]);
         assert!(h.task().is_none());
     }
 
     #[test]
     fn a_newer_hard_state_replaces_the_deferred_commit() {
-        let mut h = Harness::new();
-        h.queue
-            .ready(None, hard(3, None, 7), Vec::new(), Vec::new());
+        let mut h = Harness::new("newer");
+        h.ready(hard(3, None, 7), Vec::new(), Vec::new());
         assert!(h.task().is_none() && h.sent_now().is_empty());
-        h.queue
-            .ready(None, hard(5, None, 7), vec![entry(8)], Vec::new());
+        h.ready(hard(5, None, 7), vec![entry(8)], Vec::new());
         assert_eq!(h.task(), Some((hard(5, None, 7), 1, Vec::new())));
         h.writer_catches_up();
         // Nothing deferred is left to ride along.
-        h.queue.ready(None, None, vec![entry(9)], Vec::new());
+        h.ready(None, vec![entry(9)], Vec::new());
         assert_eq!(h.task(), Some((None, 1, Vec::new())));
+    }
+
+    #[test]
+    fn a_follower_writes_on_the_event_loop_when_the_writer_is_idle() {
+        let mut h = Harness::new("follower");
+        h.queue
+            .ready(None, hard(3, None, 0), vec![entry(1)], vec![ack(1)], true);
+        assert!(h.task().is_none(), "not handed to the thread");
+        assert_eq!(h.last_index(), 1, "written");
+        assert_eq!(h.sent_now(), vec![ack(1)], "acknowledged once written");
+        assert_eq!(h.done.load(Ordering::Acquire), 1);
+
+        // Behind a task the thread has not finished, a follower's write queues too.
+        h.ready(None, vec![entry(2)], vec![ack(2)]);
+        h.queue
+            .ready(None, None, vec![entry(3)], vec![ack(3)], true);
+        assert_eq!(h.task(), Some((None, 1, vec![ack(2)])));
+        assert_eq!(h.task(), Some((None, 1, vec![ack(3)])));
+        assert!(h.sent_now().is_empty());
+        assert_eq!(h.last_index(), 1);
+
+        // So does a write while the thread holds the writer (e.g. for a snapshot).
+        h.writer_catches_up();
+        let held = h.writer.lock().unwrap();
+        h.queue
+            .ready(None, None, vec![entry(2)], vec![ack(2)], true);
+        drop(held);
+        assert_eq!(h.task(), Some((None, 1, vec![ack(2)])));
     }
 
     /// The writer counts a Ready finished only after its sync and after handing its
@@ -465,37 +578,24 @@ mod tests {
     /// either.
     #[test]
     fn the_writer_counts_readies_after_syncing_and_sending() {
-        let dir = std::env::temp_dir().join(format!("skiff-disk-queue-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let file_system = OsFileSystem::new(&dir).unwrap();
-        let (storage, _) =
-            skiff_storage::FileStorage::open(file_system, Default::default()).unwrap();
+        let dir = Scratch::new("counts");
         let done = Arc::new(AtomicU64::new(0));
         let seen_at_sync = Arc::new(Mutex::new(Vec::new()));
         let seen_at_send = Arc::new(Mutex::new(Vec::new()));
-        let (tx, tasks) = channel();
-        let (internal, _internal_rx) = tokio::sync::mpsc::unbounded_channel();
-        let writer = DiskWriter {
-            storage,
-            synced_hard_state: HardState::default(),
-            unsynced_commit_writes: 0,
-            catchup_entries: 0,
-            tasks,
-            internal,
-            outbound: {
-                let (done, seen) = (done.clone(), seen_at_send.clone());
-                Arc::new(move |messages: Vec<Message>| {
-                    seen.lock()
-                        .unwrap()
-                        .push((done.load(Ordering::Acquire), messages.len()))
-                })
-            },
-            done: done.clone(),
-            on_fsync: {
-                let (done, seen) = (done.clone(), seen_at_sync.clone());
-                Arc::new(move |_| seen.lock().unwrap().push(done.load(Ordering::Acquire)))
-            },
+        let outbound: Outbound = {
+            let (done, seen) = (done.clone(), seen_at_send.clone());
+            Arc::new(move |messages: Vec<Message>| {
+                seen.lock()
+                    .unwrap()
+                    .push((done.load(Ordering::Acquire), messages.len()))
+            })
         };
+        let on_fsync: Arc<dyn Fn(std::time::Duration) + Send + Sync> = {
+            let (done, seen) = (done.clone(), seen_at_sync.clone());
+            Arc::new(move |_| seen.lock().unwrap().push(done.load(Ordering::Acquire)))
+        };
+        let writer = writer_in(&dir, outbound, on_fsync, done.clone());
+        let (tx, tasks) = channel();
         for index in 1..=2 {
             let task = DiskTask::Ready {
                 snapshot: None,
@@ -506,7 +606,7 @@ mod tests {
             tx.send(task).unwrap();
         }
         drop(tx);
-        writer.run();
+        run(Arc::new(Mutex::new(writer)), tasks);
         assert_eq!(done.load(Ordering::Acquire), 2);
         let syncs = seen_at_sync.lock().unwrap().clone();
         let sends = seen_at_send.lock().unwrap().clone();
@@ -520,6 +620,5 @@ mod tests {
             vec![(0, 2)],
             "acknowledgements sent before the count moves"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

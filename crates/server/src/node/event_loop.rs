@@ -3,8 +3,9 @@
 //! Each turn takes every queued event (up to a bound), feeds them to the core, then carries
 //! out the resulting Readies: messages go to the transport at once, writes go to the log
 //! writer (whose completion releases `messages_after_persist`; a Ready with nothing to sync
-//! is answered here when the writer is idle, see `DiskQueue`), committed entries go to the
-//! applier. Nothing here waits for the disk or the state machine.
+//! is answered here when the writer is idle, and a follower writes here when it is, see
+//! `DiskQueue`), committed entries go to the applier. Besides a follower's own writes, nothing
+//! here waits for the disk or the state machine.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -353,11 +354,13 @@ impl EventLoop {
             for registry in self.registry.append(&ready.entries) {
                 self.shared.peers.ensure_all(registry);
             }
+            let follower = self.raw.soft_state().role == Role::Follower;
             self.disk.ready(
                 snapshot,
                 ready.hard_state,
                 ready.entries,
                 ready.messages_after_persist,
+                follower,
             );
             // After the log writer has its work: on the leader its write and the followers'
             // overlap, and the slower of them decides when the entries commit.

@@ -357,25 +357,23 @@ impl Node {
             metrics: options.metrics.clone(),
         });
 
-        let (disk_queue, disk_done) =
-            disk::DiskQueue::new(disk_tx.clone(), storage.hard_state(), outbound.clone());
-        let writer = disk::DiskWriter {
-            done: disk_done,
+        let writer = Arc::new(std::sync::Mutex::new(disk::DiskWriter {
+            done: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             catchup_entries: options.snapshot_catchup_entries,
             synced_hard_state: storage.hard_state(),
             unsynced_commit_writes: 0,
             storage,
-            tasks: disk_rx,
             internal: internal_tx.clone(),
             outbound: outbound.clone(),
             on_fsync: {
                 let metrics = options.metrics.clone();
                 Arc::new(move |elapsed| metrics.wal_fsync_duration.observe(elapsed))
             },
-        };
+        }));
+        let disk_queue = disk::DiskQueue::new(disk_tx.clone(), writer.clone());
         let log_thread = std::thread::Builder::new()
             .name("skiff-log".into())
-            .spawn(move || writer.run())
+            .spawn(move || disk::run(writer, disk_rx))
             .map_err(|error| error.to_string())?;
         let applier = apply::Applier {
             shared: shared.clone(),
