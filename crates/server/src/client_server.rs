@@ -38,6 +38,12 @@ use crate::api::{self, ApiLimits};
 use crate::backend::Backend;
 use crate::http::{http_routes, HttpState};
 
+/// How long a new connection may take to send its first bytes (HTTP/2's preface, or enough of
+/// an HTTP/1.1 request to tell it apart) before it is closed: grpc-go's default connection
+/// timeout. A connection that never sends anything would otherwise hold one of the port's
+/// connection permits for good.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(120);
+
 mod direct_h2;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -240,7 +246,8 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
 /// closed. Also returns if `incoming` ends.
 ///
 /// A connection whose first bytes are HTTP/2's preface is served by `direct_h2`; any other by
-/// hyper (HTTP/1.1), which is handed the bytes already read.
+/// hyper (HTTP/1.1), which is handed the bytes already read; one that sends nothing for
+/// [`FIRST_BYTES_TIMEOUT`] is closed.
 ///
 /// [`limited_incoming`]: crate::limits::limited_incoming
 pub async fn serve<B, I, C>(
@@ -279,13 +286,17 @@ pub async fn serve<B, I, C>(
             tokio::spawn(async move {
                 let mut connection = connection;
                 let sniffed = tokio::select! {
-                    sniffed = sniff(&mut connection) => sniffed,
+                    sniffed = tokio::time::timeout(FIRST_BYTES_TIMEOUT, sniff(&mut connection)) => sniffed,
                     _ = stopped.wait_for(|stop| *stop) => return,
                 };
                 let (http2, read) = match sniffed {
-                    Ok(sniffed) => sniffed,
-                    Err(error) => {
+                    Ok(Ok(sniffed)) => sniffed,
+                    Ok(Err(error)) => {
                         tracing::debug!(%error, "reading from a client connection failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("a client connection sent nothing in time; closed");
                         return;
                     }
                 };

@@ -1,6 +1,7 @@
 //! Unary KV calls on the wire: what the client port answers, byte for byte, to well-formed and
 //! malformed gRPC requests (oversize, undecodable, truncated, compressed, several messages in one
-//! body, deadlines, unknown methods, HTTP/1.1), and how it stops. The expected answers are the
+//! body, deadlines, unknown methods, HTTP/1.1), how it stops, and how long it waits for a
+//! silent connection. The expected answers are the
 //! ones tonic's server gave before the KV fast path (`client_server.rs`, `api/fast.rs`) replaced
 //! it for those calls, so these tests pin that the fast path answers exactly as it did.
 
@@ -668,4 +669,34 @@ async fn shutdown_lets_open_calls_finish_then_stops() {
     let _ = tokio::time::timeout(CALL_TIMEOUT, driver)
         .await
         .expect("connection closed");
+}
+
+/// A connection that never sends a byte is closed once `FIRST_BYTES_TIMEOUT` has passed, and
+/// not before (it would otherwise hold one of the port's connection permits for good).
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_sends_nothing_is_closed_in_time() {
+    use std::sync::Arc;
+
+    use skiff_server::client_server::{self, ClientService, FIRST_BYTES_TIMEOUT};
+    use skiff_server::http::HttpState;
+    use skiff_server::metrics::Metrics;
+
+    let backend = common::TestBackend::new(skiff_kv::KvConfig::default());
+    let http = HttpState::new(Arc::new(Metrics::new()), || true);
+    let service = ClientService::new(backend, skiff_server::ApiLimits::default(), http);
+    let (connections, incoming) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(client_server::serve(
+        tokio_stream::wrappers::UnboundedReceiverStream::new(incoming),
+        service,
+        std::future::pending(),
+    ));
+    let (mut client, server) = tokio::io::duplex(4096);
+    connections.send(Ok::<_, std::io::Error>(server)).unwrap();
+
+    let mut byte = [0u8; 1];
+    tokio::time::sleep(FIRST_BYTES_TIMEOUT - Duration::from_secs(1)).await;
+    let early = tokio::time::timeout(Duration::from_millis(10), client.read(&mut byte)).await;
+    assert!(early.is_err(), "closed early: {early:?}");
+    let late = tokio::time::timeout(Duration::from_secs(2), client.read(&mut byte)).await;
+    assert_eq!(late.expect("still open").unwrap(), 0);
 }
