@@ -29,10 +29,18 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Transparent huge pages stay as the kernel decides when the environment sets
 /// `MIMALLOC_ALLOW_THP` (mimalloc's own switch for them).
 pub fn tune() {
+    purge_at_once();
+    no_huge_pages();
+}
+
+fn purge_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: setting an option is thread-safe and takes effect for later purges.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
+}
+
+fn no_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // The kernel checks this flag at every fault, so it covers the arenas mimalloc mapped
         // (and advised) before `main` too. A kernel without it refuses; nothing is lost then.
@@ -56,7 +64,7 @@ mod tests {
             default, 1000,
             "option 15 is not mimalloc 3's purge delay (default 1000 ms)"
         );
-        tune();
+        purge_at_once();
         // SAFETY: reading an option.
         assert_eq!(
             unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
@@ -69,7 +77,9 @@ mod tests {
         if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
             return; // the environment chose
         }
-        tune();
+        // Not `tune()`: the test above must still find mimalloc's default purge delay (tests
+        // share the process).
+        no_huge_pages();
         // SAFETY: PR_GET_THP_DISABLE reads a flag of this process.
         assert_eq!(
             unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) },
