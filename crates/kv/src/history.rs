@@ -10,6 +10,7 @@ use std::ops::Index;
 use std::sync::Arc;
 
 use crate::store::StoredVersion;
+use crate::values::Value;
 
 /// Versions per full chunk.
 const CHUNK: usize = 64;
@@ -106,6 +107,24 @@ impl History {
             self.push(version);
         }
         all
+    }
+}
+
+impl History {
+    /// Replaces every version's value with `place(value)`, rebuilding the chunks (a copy made
+    /// earlier keeps the old ones).
+    pub(crate) fn map_values(&mut self, mut place: impl FnMut(&Value) -> Value) {
+        let versions: Vec<StoredVersion> = self
+            .iter()
+            .map(|version| StoredVersion {
+                value: place(&version.value),
+                ..version.clone()
+            })
+            .collect();
+        *self = History::default();
+        for version in versions {
+            self.push(version);
+        }
     }
 }
 

@@ -45,6 +45,7 @@ mod revisions;
 mod snapshot;
 mod store;
 mod types;
+mod values;
 mod wire;
 
 pub use command::{Applied, Command, Operation, RequestId, Response, ResponseBody};
@@ -54,4 +55,5 @@ pub use error::{ConfigError, DecodeError, GrpcCode, KvError, SnapshotError};
 pub use snapshot::SnapshotCopy;
 pub use store::Store;
 pub use types::*;
+pub use values::{ValueLog, VecValueLog, COLLECT_FLOOR_BYTES};
 pub use wire::{COMMAND_FORMAT_VERSION, MAX_DECODE_DEPTH};

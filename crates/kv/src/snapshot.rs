@@ -10,6 +10,7 @@
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -22,7 +23,8 @@ use crate::key::Key;
 use crate::revisions::RevisionIndex;
 use crate::store::{Lease, Revision, Session, Store, StoredVersion};
 use crate::types::KeyValue;
-use crate::wire::{decode_all, put_slice, Input, Wire};
+use crate::values::{ValueLog, Values};
+use crate::wire::{decode_all, put_slice, put_varint, Input, Wire};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\x01";
 const TAG_HEADER: u8 = 1;
@@ -85,7 +87,7 @@ record!(VersionRecord, TAG_VERSION, { key, main, sub, kv });
 /// Encodes `version` of `key` as its [`VersionRecord`], straight from the store's data: a
 /// snapshot writes every version, and building each record would copy the key (when inline)
 /// and take a reference to the value, whose count other threads are touching.
-fn put_version_record(out: &mut Vec<u8>, key: &[u8], version: &StoredVersion) {
+fn put_version_record(out: &mut Vec<u8>, key: &[u8], version: &StoredVersion, values: &Values) {
     out.push(TAG_VERSION);
     put_slice(out, key);
     version.revision.main.put(out);
@@ -100,7 +102,8 @@ fn put_version_record(out: &mut Vec<u8>, key: &[u8], version: &StoredVersion) {
     version.create_revision.put(out);
     version.revision.main.put(out);
     version.version.put(out);
-    put_slice(out, &version.value);
+    put_varint(out, version.value.len() as u64);
+    values.append_to(&version.value, out);
     version.lease.put(out);
 }
 record!(LeaseRecord, TAG_LEASE, { id, ttl_seconds, renewed_at_ms });
@@ -183,6 +186,7 @@ fn truncated(error: std::io::Error) -> SnapshotError {
 pub struct SnapshotCopy {
     header: Header,
     keys: BTreeMap<Key, History>,
+    values: Values,
     leases: Vec<LeaseRecord>,
     sessions: Vec<SessionRecord>,
 }
@@ -200,6 +204,7 @@ impl SnapshotCopy {
             writer,
             &self.header,
             &self.keys,
+            &self.values,
             self.leases.iter(),
             self.sessions.iter(),
         )
@@ -245,6 +250,7 @@ impl Store {
             writer,
             &self.snapshot_header(),
             &self.keys,
+            &self.values,
             leases.iter(),
             sessions.iter(),
         )
@@ -255,6 +261,7 @@ impl Store {
         SnapshotCopy {
             header: self.snapshot_header(),
             keys: self.keys.clone(),
+            values: self.values.clone(),
             leases: self.lease_records().collect(),
             sessions: self.session_records().collect(),
         }
@@ -263,7 +270,20 @@ impl Store {
     /// Reads a state written by `snapshot`. Checks the checksum and the store's invariants; on any
     /// error nothing is returned.
     pub fn restore<R: Read>(reader: R, config: KvConfig) -> Result<Store, SnapshotError> {
+        Store::restore_with(reader, config, None)
+    }
+
+    /// [`Store::restore`], keeping the values in `log` (empty, and used by no other store) as
+    /// they are read, if one is given (see [`Store::set_value_log`]).
+    pub fn restore_with<R: Read>(
+        reader: R,
+        config: KvConfig,
+        log: Option<Arc<dyn ValueLog>>,
+    ) -> Result<Store, SnapshotError> {
         let mut store = Store::new(config).map_err(|_| SnapshotError::Corrupt("invalid config"))?;
+        if let Some(log) = log {
+            store.set_value_log(log);
+        }
         let mut input = ChecksumReader {
             inner: reader,
             crc: Crc32::default(),
@@ -329,7 +349,7 @@ impl Store {
             let stored_key = Key::new(&key);
             indexed.push((revision, stored_key.clone()));
             let version = match &record.kv {
-                Some(kv) => StoredVersion::live(revision, kv),
+                Some(kv) => StoredVersion::live(revision, kv, &mut store.values),
                 None => StoredVersion::tombstone(revision),
             };
             store.stored_bytes += version.size_bytes(&key);
@@ -415,6 +435,7 @@ fn write_snapshot<'a, W: Write>(
     writer: W,
     header: &Header,
     keys: &BTreeMap<Key, History>,
+    values: &Values,
     leases: impl Iterator<Item = &'a LeaseRecord>,
     sessions: impl Iterator<Item = &'a SessionRecord>,
 ) -> Result<(), SnapshotError> {
@@ -428,7 +449,7 @@ fn write_snapshot<'a, W: Write>(
     for (key, versions) in keys {
         let key: &[u8] = key.borrow();
         for version in versions.iter() {
-            out.write_encoded(|record| put_version_record(record, key, version))?;
+            out.write_encoded(|record| put_version_record(record, key, version, values))?;
         }
     }
     for lease in leases {
@@ -447,29 +468,45 @@ fn write_snapshot<'a, W: Write>(
 mod tests {
     use super::*;
 
+    use crate::values::{Value, VecValueLog};
+
     /// The records the writer encodes in place are the ones `VersionRecord` encodes (and
-    /// restore decodes).
+    /// restore decodes), whether the value is held or in a value log.
     #[test]
     fn versions_are_written_as_version_records() {
-        let live = StoredVersion {
+        let held = Values::default();
+        let mut logged = Values::default();
+        logged.start_log(Arc::new(VecValueLog::default()));
+        logged.keep(Bytes::from_static(b"an earlier value"));
+        let live = |value: Value| StoredVersion {
             revision: Revision { main: 300, sub: 2 },
             create_revision: 7,
             version: 5,
             lease: -9,
-            value: Bytes::from_static(b"a value"),
+            value,
         };
+        let held_version = live(Value::Held(Bytes::from_static(b"a value")));
+        let logged_version = live(logged.keep(Bytes::from_static(b"a value")));
+        assert!(matches!(logged_version.value, Value::Logged { .. }));
         let tombstone = StoredVersion::tombstone(Revision { main: 301, sub: 0 });
         for key in [&b"k"[..], b"", b"a key longer than the store keeps inline"] {
-            for version in [&live, &tombstone] {
+            for (version, values) in [
+                (&held_version, &held),
+                (&logged_version, &logged),
+                (&tombstone, &held),
+            ] {
                 let mut direct = Vec::new();
-                put_version_record(&mut direct, key, version);
+                put_version_record(&mut direct, key, version, values);
                 let name = Bytes::copy_from_slice(key);
                 let record = VersionRecord {
                     key: name.clone(),
                     main: version.revision.main,
                     sub: version.revision.sub,
-                    kv: (!version.is_tombstone()).then(|| version.kv_named(name)),
+                    kv: (!version.is_tombstone()).then(|| version.kv_named(name, Some(values))),
                 };
+                if let Some(kv) = &record.kv {
+                    assert_eq!(&kv.value[..], b"a value");
+                }
                 let mut encoded = Vec::new();
                 record.put(&mut encoded);
                 assert_eq!(direct, encoded);

@@ -16,6 +16,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -27,6 +28,7 @@ use crate::history::History;
 use crate::key::Key;
 use crate::revisions::RevisionIndex;
 use crate::types::*;
+use crate::values::{Mover, Value, ValueLog, Values};
 
 /// A revision: `main` is the store revision of a write request, `sub` orders the changes inside it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,14 +39,14 @@ pub(crate) struct Revision {
 
 /// One stored version of a key, without the key (the map holds it once for all versions) or
 /// the mod revision (it is `revision.main`): 72 bytes instead of a [`KeyValue`]'s 96 plus the
-/// key's own allocation. `version == 0` marks a tombstone (a live version's is at least 1).
+/// key's own allocation. The value may be in the store's value log (see `values`). `version == 0` marks a tombstone (a live version's is at least 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoredVersion {
     pub(crate) revision: Revision,
     pub(crate) create_revision: i64,
     pub(crate) version: i64,
     pub(crate) lease: i64,
-    pub(crate) value: Bytes,
+    pub(crate) value: Value,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,15 +57,16 @@ pub(crate) struct Lease {
 }
 
 impl StoredVersion {
-    /// `kv` (a live version; its key and mod revision are implied) at `revision`.
-    pub(crate) fn live(revision: Revision, kv: &KeyValue) -> StoredVersion {
+    /// `kv` (a live version; its key and mod revision are implied) at `revision`, its value
+    /// kept by `values`.
+    pub(crate) fn live(revision: Revision, kv: &KeyValue, values: &mut Values) -> StoredVersion {
         debug_assert!(kv.version >= 1 && kv.mod_revision == revision.main);
         StoredVersion {
             revision,
             create_revision: kv.create_revision,
             version: kv.version,
             lease: kv.lease,
-            value: kv.value.clone(),
+            value: values.keep(kv.value.clone()),
         }
     }
 
@@ -74,7 +77,7 @@ impl StoredVersion {
             create_revision: 0,
             version: 0,
             lease: 0,
-            value: Bytes::new(),
+            value: Value::Held(Bytes::new()),
         }
     }
 
@@ -82,20 +85,22 @@ impl StoredVersion {
         self.version == 0
     }
 
-    /// The version as etcd shows it, `None` for a tombstone.
-    pub(crate) fn kv(&self, key: &Key) -> Option<KeyValue> {
-        (!self.is_tombstone()).then(|| self.kv_named(key.to_bytes()))
+    /// The version as etcd shows it, `None` for a tombstone; its value read from `values`, or
+    /// left empty without them (for callers that look only at the rest).
+    pub(crate) fn kv(&self, key: &Key, values: Option<&Values>) -> Option<KeyValue> {
+        (!self.is_tombstone()).then(|| self.kv_named(key.to_bytes(), values))
     }
 
-    /// The live version as etcd shows it, named by `key` (its key's bytes).
-    pub(crate) fn kv_named(&self, key: Bytes) -> KeyValue {
+    /// The live version as etcd shows it, named by `key` (its key's bytes); its value as in
+    /// [`StoredVersion::kv`].
+    pub(crate) fn kv_named(&self, key: Bytes, values: Option<&Values>) -> KeyValue {
         debug_assert!(!self.is_tombstone());
         KeyValue {
             key,
             create_revision: self.create_revision,
             mod_revision: self.revision.main,
             version: self.version,
-            value: self.value.clone(),
+            value: values.map_or_else(Bytes::new, |values| values.bytes(&self.value)),
             lease: self.lease,
         }
     }
@@ -142,6 +147,8 @@ pub struct Store {
     pub(crate) session_order: BTreeSet<(u64, u64)>,
     /// Approximate bytes held by stored versions (see `StoredVersion::size_bytes`).
     pub(crate) stored_bytes: u64,
+    /// Where the versions' values are (see `values`).
+    pub(crate) values: Values,
 }
 
 /// The key range of a request, normalised.
@@ -240,8 +247,9 @@ fn detach(leases: &mut BTreeMap<i64, Lease>, lease: i64, key: &[u8]) {
     }
 }
 
-fn latest(key: &Key, versions: &History) -> Option<KeyValue> {
-    versions.last().and_then(|version| version.kv(key))
+/// The key's live version, if any; its value as in [`StoredVersion::kv`].
+fn latest(key: &Key, versions: &History, values: Option<&Values>) -> Option<KeyValue> {
+    versions.last().and_then(|version| version.kv(key, values))
 }
 
 /// The live version a read at `revision` sees, if any.
@@ -363,7 +371,36 @@ impl Store {
             lease_deadlines: BTreeSet::new(),
             session_order: BTreeSet::new(),
             stored_bytes: 0,
+            values: Values::default(),
         })
+    }
+
+    /// Keeps every value (the ones held now and every later one) in `log` instead of the heap
+    /// (see [`ValueLog`]). `log` must be empty and used by no other store.
+    pub fn set_value_log(&mut self, log: Arc<dyn ValueLog>) {
+        assert!(log.is_empty(), "a store starts an empty value log");
+        let old = self.values.start_log(log);
+        self.move_values(&old);
+    }
+
+    /// With a [`ValueLog`], the bytes of it that live versions use and the bytes it holds.
+    pub fn value_log_usage(&self) -> Option<(u64, u64)> {
+        self.values.usage()
+    }
+
+    /// Moves every value, held or in the `old` log, to the current log, in the old log's order.
+    fn move_values(&mut self, old: &Values) {
+        let logged = self
+            .keys
+            .values()
+            .flat_map(|versions| versions.iter().map(|version| &version.value));
+        let mover = Mover::run(logged, old, &mut self.values);
+        for versions in self.keys.values_mut() {
+            versions.map_values(|value| match value {
+                Value::Held(bytes) => self.values.keep(bytes.clone()),
+                logged => mover.moved(logged),
+            });
+        }
     }
 
     /// The configuration.
@@ -453,6 +490,7 @@ impl Store {
         assert!(self.compact_revision >= -1 && self.compact_revision <= self.current_revision);
         let mut stored = 0;
         let mut stored_bytes = 0;
+        let mut logged_bytes = 0;
         let mut lease_keys: BTreeMap<i64, BTreeSet<Bytes>> = BTreeMap::new();
         for (key, versions) in &self.keys {
             assert!(!versions.is_empty(), "no empty key histories");
@@ -462,6 +500,18 @@ impl Store {
             for version in versions.iter() {
                 stored += 1;
                 stored_bytes += version.size_bytes(key.as_slice());
+                match &version.value {
+                    Value::Logged { len, .. } => {
+                        assert!(self.values.has_log(), "a logged value has a log");
+                        logged_bytes += u64::from(*len);
+                    }
+                    Value::Held(bytes) => assert!(
+                        !self.values.has_log()
+                            || bytes.is_empty()
+                            || u32::try_from(bytes.len()).is_err(),
+                        "a store with a value log holds only empty values"
+                    ),
+                }
                 assert!(
                     version.revision.main <= self.current_revision && version.revision.main >= 2
                 );
@@ -479,7 +529,7 @@ impl Store {
                     );
                 }
             }
-            if let Some(kv) = latest(key, versions) {
+            if let Some(kv) = latest(key, versions, None) {
                 if kv.lease != 0 {
                     lease_keys.entry(kv.lease).or_default().insert(kv.key);
                 }
@@ -490,6 +540,7 @@ impl Store {
             self.revisions.len(),
             "revision index has no extra entries"
         );
+        assert_eq!(logged_bytes, self.values.live_bytes(), "live value bytes");
         assert_eq!(stored_bytes, self.stored_bytes, "size accounting");
         for (id, lease) in &self.leases {
             assert_eq!(
@@ -712,9 +763,10 @@ impl Store {
         context.events.unwrap_or_default()
     }
 
-    fn latest_kv(&self, key: &[u8]) -> Option<KeyValue> {
+    /// The key's live version, if any; its value read only when `with_value`.
+    fn latest_kv(&self, key: &[u8], with_value: bool) -> Option<KeyValue> {
         let (key, versions) = self.keys.get_key_value(key)?;
-        latest(key, versions)
+        latest(key, versions, with_value.then_some(&self.values))
     }
 
     fn keys_in(&self, range: KeyRange<'_>) -> impl Iterator<Item = (&Key, &History)> + '_ {
@@ -765,7 +817,7 @@ impl Store {
             };
             count += 1;
             if !request.count_only && kvs.len() < fetch_limit {
-                kvs.extend(visible.kv(key));
+                kvs.extend(visible.kv(key, (!request.keys_only).then_some(&self.values)));
             }
         }
         if filtered {
@@ -794,7 +846,7 @@ impl Store {
 
     /// The state checks of a put: ignore_* needs the key, a lease must exist.
     fn check_put(&self, put: &PutRequest) -> Result<(), KvError> {
-        let previous = self.latest_kv(&put.key);
+        let previous = self.latest_kv(&put.key, false);
         if (put.ignore_value || put.ignore_lease) && previous.is_none() {
             return Err(KvError::KeyNotFound);
         }
@@ -828,7 +880,7 @@ impl Store {
         // named by the request's key (the same bytes, no copy of an inline key).
         let previous = replaced
             .filter(|_| put.prev_kv || context.recording())
-            .map(|version| version.kv_named(put.key.clone()));
+            .map(|version| version.kv_named(put.key.clone(), Some(&self.values)));
         let lease = match replaced {
             Some(replaced) if put.ignore_lease => replaced.lease,
             _ => put.lease,
@@ -846,7 +898,7 @@ impl Store {
             None => (revision.main, 1, 0),
         };
         let value = match replaced {
-            Some(replaced) if put.ignore_value => replaced.value.clone(),
+            Some(replaced) if put.ignore_value => self.values.bytes(&replaced.value),
             _ => put.value.clone(),
         };
         // The revision index shares the map's copy of the key.
@@ -879,7 +931,7 @@ impl Store {
             create_revision,
             version,
             lease,
-            value,
+            value: self.values.keep(value),
         };
         append_version(
             versions,
@@ -913,7 +965,13 @@ impl Store {
     ) -> DeleteRangeResponse {
         let doomed: Vec<KeyValue> = self
             .keys_in(KeyRange::new(&delete.key, &delete.range_end))
-            .filter_map(|(key, versions)| latest(key, versions))
+            .filter_map(|(key, versions)| {
+                latest(
+                    key,
+                    versions,
+                    (delete.prev_kv || context.recording()).then_some(&self.values),
+                )
+            })
             .collect();
         for kv in &doomed {
             self.delete_key(context, kv);
@@ -943,7 +1001,8 @@ impl Store {
     fn compare_holds(&self, compare: &Compare) -> bool {
         let mut matched = false;
         for (key, versions) in self.keys_in(KeyRange::new(&compare.key, &compare.range_end)) {
-            if let Some(kv) = latest(key, versions) {
+            let with_value = matches!(compare.target, CompareTarget::Value(_));
+            if let Some(kv) = latest(key, versions, with_value.then_some(&self.values)) {
                 matched = true;
                 if !compare_kv(&kv, compare) {
                     return false;
@@ -1053,6 +1112,7 @@ impl Store {
             };
             for version in versions.drain_front(keep_from) {
                 self.stored_bytes -= version.size_bytes(key.as_slice());
+                self.values.forget(&version.value);
                 removed.push(version.revision);
             }
             if versions.is_empty() {
@@ -1066,6 +1126,11 @@ impl Store {
             self.keys.remove(&key);
         }
         self.compact_revision = revision;
+        if self.values.worth_collecting() {
+            let fresh = self.values.fresh_log().expect("a log to collect");
+            let old = self.values.start_log(fresh);
+            self.move_values(&old);
+        }
         Ok(())
     }
 
@@ -1116,7 +1181,7 @@ impl Store {
         let attached: Vec<KeyValue> = lease
             .keys
             .iter()
-            .map(|key| self.latest_kv(key).expect("a lease's key exists"))
+            .map(|key| self.latest_kv(key, record).expect("a lease's key exists"))
             .collect();
         let mut context = self.begin_write(record);
         for kv in &attached {
@@ -1190,6 +1255,7 @@ impl Store {
             self.current_revision
         };
         let mut crc = Crc32::default();
+        let mut scratch = Vec::new();
         let upper = Revision {
             main: revision,
             sub: i64::MAX,
@@ -1214,7 +1280,7 @@ impl Store {
                     crc.update(&number.to_be_bytes());
                 }
                 crc.update(&(version.value.len() as u64).to_be_bytes());
-                crc.update(&version.value);
+                self.values.hash(&version.value, &mut crc, &mut scratch);
             }
         }
         Ok(HashKvResponse {
@@ -1294,7 +1360,7 @@ impl Store {
             .checked_sub(1)
             .map(|previous| &versions[previous])
             .filter(|previous| !previous.is_tombstone())
-            .map(|previous| previous.kv_named(name.clone()));
+            .map(|previous| previous.kv_named(name.clone(), Some(&self.values)));
         let version = &versions[index];
         if version.is_tombstone() {
             Event {
@@ -1309,7 +1375,7 @@ impl Store {
         } else {
             Event {
                 kind: EventType::Put,
-                kv: version.kv_named(name),
+                kv: version.kv_named(name, Some(&self.values)),
                 prev_kv,
             }
         }

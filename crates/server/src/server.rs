@@ -225,6 +225,7 @@ pub async fn run(
         peers: Arc::new(TransportPeers(transport.clone())),
         wal_dir: node::wal_dir(&config.data_dir),
         snapshot_dir: node::snapshot_dir(&config.data_dir),
+        value_dir: Some(node::value_dir(&config.data_dir)),
         tick: config.heartbeat_interval,
         election_ticks,
         snapshot_count: config.snapshot_count,

@@ -186,6 +186,7 @@ impl TestCluster {
             snapshot_log_bytes: self.snapshot_log_bytes,
             snapshot_catchup_entries: 10,
             kv_config: KvConfig::default(),
+            value_dir: Some(self.dir.join(format!("m{id}-values"))),
             storage_config: StorageConfig::small_for_tests(),
             request_timeout: Duration::from_secs(3),
             metrics: Arc::new(skiff_server::metrics::Metrics::new()),

@@ -106,6 +106,7 @@ async fn start_member(
         snapshot_log_bytes: 256 << 20,
         snapshot_catchup_entries: 5,
         kv_config: KvConfig::default(),
+        value_dir: Some(dir.join(format!("m{id}")).join("values")),
         storage_config: StorageConfig::default(),
         request_timeout: Duration::from_secs(5),
         metrics: Arc::new(skiff_server::metrics::Metrics::new()),

@@ -128,6 +128,8 @@ pub(crate) struct Applier {
     pub disk: Sender<DiskTask>,
     pub internal: tokio::sync::mpsc::UnboundedSender<Internal>,
     pub kv_config: KvConfig,
+    /// Where a restored store keeps its values (see `NodeOptions::value_dir`).
+    pub value_dir: Option<std::path::PathBuf>,
     pub snapshot_count: u64,
     /// Payload bytes applied since the last snapshot that trigger one early.
     pub snapshot_log_bytes: u64,
@@ -280,7 +282,8 @@ impl Applier {
         let mut reader = std::io::BufReader::with_capacity(256 << 10, data.reader());
         let registry = members::read_snapshot_prefix(&mut reader)
             .map_err(|error| format!("snapshot at {}: {error}", meta.index))?;
-        let restored = Store::restore(reader, self.kv_config.clone())
+        let log = super::value_log(self.value_dir.as_deref())?;
+        let restored = Store::restore_with(reader, self.kv_config.clone(), log)
             .map_err(|error| format!("snapshot at {} does not restore: {error}", meta.index))?;
         let revision = restored.current_revision();
         {

@@ -21,6 +21,7 @@ mod disk;
 mod event_loop;
 mod forward;
 mod snapshot;
+mod values;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use skiff_kv::{Command, KvConfig, Operation, Response, Store};
+use skiff_kv::{Command, KvConfig, Operation, Response, Store, ValueLog};
 use skiff_raft::{Config as RaftConfig, InitialState, Membership, Message, NodeId, SnapshotMeta};
 use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageConfig};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -101,6 +102,9 @@ pub struct NodeOptions {
     pub snapshot_catchup_entries: u64,
     /// The state machine's limits (shared by every member).
     pub kv_config: KvConfig,
+    /// Where the store keeps its values in a scratch file (see `values`); `None` keeps them in
+    /// memory.
+    pub value_dir: Option<PathBuf>,
     /// The log store's limits.
     pub storage_config: StorageConfig,
     /// How long a client request may wait for its answer.
@@ -280,7 +284,12 @@ impl Node {
         let (storage, recovered) = FileStorage::open(file_system, options.storage_config.clone())
             .map_err(|error| error.to_string())?;
         let membership = Membership::new(options.initial.members.keys().copied());
-        let (store, snapshot_registry) = recover_store(&storage, &options.kv_config)?;
+        if let Some(dir) = &options.value_dir {
+            values::FileValueLog::clear_dir(dir)
+                .map_err(|error| format!("clearing {}: {error}", dir.display()))?;
+        }
+        let (store, snapshot_registry) =
+            recover_store(&storage, &options.kv_config, options.value_dir.as_deref())?;
         let applied_registry = snapshot_registry.unwrap_or_else(|| options.initial.clone());
         let mut registry_log = RegistryLog::new(applied_registry.clone());
         registry_log.append(&recovered.entries);
@@ -381,6 +390,7 @@ impl Node {
             disk: disk_tx.clone(),
             internal: internal_tx,
             kv_config: options.kv_config.clone(),
+            value_dir: options.value_dir.clone(),
             snapshot_count: options.snapshot_count,
             snapshot_log_bytes: options.snapshot_log_bytes,
             bytes_since_snapshot: 0,
@@ -438,22 +448,39 @@ impl Node {
     }
 }
 
+/// A new value log in `dir`, if there is one.
+pub(crate) fn value_log(dir: Option<&Path>) -> Result<Option<Arc<dyn ValueLog>>, String> {
+    dir.map(|dir| match values::FileValueLog::create_in(dir) {
+        Ok(log) => Ok(Arc::new(log) as Arc<dyn ValueLog>),
+        Err(error) => Err(format!(
+            "creating a value log in {}: {error}",
+            dir.display()
+        )),
+    })
+    .transpose()
+}
+
 /// Streams the newest snapshot, if any, into a store (with the member registry it starts
-/// with); else an empty store.
+/// with); else an empty store. Its values go to a log in `value_dir`, if given.
 fn recover_store(
     storage: &FileStorage,
     config: &KvConfig,
+    value_dir: Option<&Path>,
 ) -> Result<(Store, Option<Registry>), String> {
+    let log = value_log(value_dir)?;
     match storage.open_snapshot().map_err(|error| error.to_string())? {
-        None => Ok((
-            Store::new(config.clone()).map_err(|error| error.to_string())?,
-            None,
-        )),
+        None => {
+            let mut store = Store::new(config.clone()).map_err(|error| error.to_string())?;
+            if let Some(log) = log {
+                store.set_value_log(log);
+            }
+            Ok((store, None))
+        }
         Some((meta, reader)) => {
             let mut reader = std::io::BufReader::with_capacity(256 << 10, reader);
             let registry = members::read_snapshot_prefix(&mut reader)
                 .map_err(|error| format!("snapshot {}: {error}", meta.index))?;
-            let store = Store::restore(reader, config.clone())
+            let store = Store::restore_with(reader, config.clone(), log)
                 .map_err(|error| format!("snapshot {} does not restore: {error}", meta.index))?;
             if store.applied_index() != meta.index {
                 return Err(format!(
@@ -883,4 +910,9 @@ pub fn wal_dir(data_dir: &Path) -> PathBuf {
 /// Where a member receives snapshots under its data directory.
 pub fn snapshot_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("member").join("snap")
+}
+
+/// Where a member keeps its value log under its data directory.
+pub fn value_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("member").join("values")
 }
