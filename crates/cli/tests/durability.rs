@@ -67,6 +67,11 @@ fn put_request(key: &str, value: &str) -> PutRequest {
 
 /// A member's `etcd_disk_wal_fsync_duration_seconds_count`.
 fn fsync_count(cluster: &Cluster, member: usize) -> u64 {
+    metric(cluster, member, FSYNC_COUNT)
+}
+
+/// The first sample of metric `name` in a member's `/metrics`.
+fn metric(cluster: &Cluster, member: usize, name: &str) -> u64 {
     let answer = support::http_get(cluster.client_url(member), "/metrics", CALL_TIMEOUT)
         .unwrap_or_else(|error| panic!("GET /metrics on m{member}: {error}"));
     assert_eq!(answer.status, 200, "GET /metrics on m{member}: {answer:?}");
@@ -74,14 +79,14 @@ fn fsync_count(cluster: &Cluster, member: usize) -> u64 {
         .body
         .lines()
         .find_map(|line| {
-            let rest = line.strip_prefix(FSYNC_COUNT)?;
+            let rest = line.strip_prefix(name)?;
             let value = rest.rsplit(' ').next()?;
             if !(rest.starts_with(' ') || rest.starts_with('{')) {
                 return None;
             }
             value.parse::<f64>().ok().map(|count| count as u64)
         })
-        .unwrap_or_else(|| panic!("no {FSYNC_COUNT} in m{member}'s /metrics"))
+        .unwrap_or_else(|| panic!("no {name} in m{member}'s /metrics"))
 }
 
 /// What sequential puts guarantee: put k+1 is proposed only after put k committed, and a
@@ -151,6 +156,26 @@ fn sequential_puts_are_fsynced(kind: Kind, test: &str) {
         "{test}: {N} sequential acknowledged puts but only {followers} fsyncs on the followers \
          together; counts before {before:?}, increases {increases:?}"
     );
+    if kind == Kind::Skiff {
+        // Every member keeps the values in its value log (the leader has applied them all; the
+        // followers had synced them, and apply follows at once).
+        let value_bytes: u64 = (0..N).map(|i| format!("value {i}").len() as u64).sum();
+        for member in 0..cluster.len() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let live = loop {
+                let live = metric(&cluster, member, "skiff_value_log_live_bytes");
+                if live >= value_bytes || Instant::now() >= deadline {
+                    break live;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            assert!(
+                live >= value_bytes,
+                "{test}: m{member}'s value log holds {live} live bytes, fewer than the {value_bytes} of the values put"
+            );
+            assert!(metric(&cluster, member, "skiff_value_log_bytes") >= live);
+        }
+    }
 }
 
 #[test]

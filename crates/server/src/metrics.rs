@@ -170,6 +170,11 @@ pub struct Metrics {
     pub db_total_size_bytes: Gauge,
     /// `skiff_raft_term`: the member's current Raft term.
     pub raft_term: Gauge,
+    /// `skiff_value_log_bytes`: bytes in the store's value log file (an unlinked scratch
+    /// file, which `du` does not see).
+    pub value_log_bytes: Gauge,
+    /// `skiff_value_log_live_bytes`: bytes of that file that stored versions still use.
+    pub value_log_live_bytes: Gauge,
     peers: RwLock<BTreeMap<u64, Arc<PeerTraffic>>>,
 }
 
@@ -323,6 +328,18 @@ impl Metrics {
             "The member's current Raft term.",
             self.raft_term.get(),
         );
+        gauge(
+            &mut out,
+            "skiff_value_log_bytes",
+            "Bytes in the key-value store's value log file (unlinked scratch space).",
+            self.value_log_bytes.get(),
+        );
+        gauge(
+            &mut out,
+            "skiff_value_log_live_bytes",
+            "Bytes of the value log that stored versions still use.",
+            self.value_log_live_bytes.get(),
+        );
         if let Some(rss) = resident_memory_bytes() {
             gauge(
                 &mut out,
@@ -472,6 +489,8 @@ mod tests {
             ("etcd_network_peer_received_bytes_total", "counter"),
             ("etcd_mvcc_db_total_size_in_bytes", "gauge"),
             ("etcd_server_version", "gauge"),
+            ("skiff_value_log_bytes", "gauge"),
+            ("skiff_value_log_live_bytes", "gauge"),
         ] {
             assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
         }

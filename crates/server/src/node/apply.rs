@@ -244,10 +244,14 @@ impl Applier {
                 self.bytes_since_snapshot += entry.data.len() as u64;
                 answers.push((entry.index, entry.term, response));
             }
-            self.shared
-                .metrics
+            let metrics = &self.shared.metrics;
+            metrics
                 .db_total_size_bytes
                 .set(store.approximate_size_bytes());
+            if let Some((live, all)) = store.value_log_usage() {
+                metrics.value_log_live_bytes.set(live);
+                metrics.value_log_bytes.set(all);
+            }
             store.current_revision()
         };
         {
