@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn short_histories_hold_no_spare_room() {
-        assert_eq!(std::mem::size_of::<StoredVersion>(), 72);
+        assert_eq!(std::mem::size_of::<StoredVersion>(), 56);
         let mut history = History::default();
         for main in 1..=4 {
             history.push(version(main));

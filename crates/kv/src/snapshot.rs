@@ -485,7 +485,7 @@ mod tests {
             lease: -9,
             value,
         };
-        let held_version = live(Value::Held(Bytes::from_static(b"a value")));
+        let held_version = live(Value::held(Bytes::from_static(b"a value")));
         let logged_version = live(logged.keep(Bytes::from_static(b"a value")));
         assert!(matches!(logged_version.value, Value::Logged { .. }));
         let tombstone = StoredVersion::tombstone(Revision { main: 301, sub: 0 });

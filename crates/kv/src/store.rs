@@ -38,7 +38,7 @@ pub(crate) struct Revision {
 }
 
 /// One stored version of a key, without the key (the map holds it once for all versions) or
-/// the mod revision (it is `revision.main`): 72 bytes instead of a [`KeyValue`]'s 96 plus the
+/// the mod revision (it is `revision.main`): 56 bytes instead of a [`KeyValue`]'s 96 plus the
 /// key's own allocation. The value may be in the store's value log (see `values`). `version == 0` marks a tombstone (a live version's is at least 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct StoredVersion {
@@ -77,7 +77,7 @@ impl StoredVersion {
             create_revision: 0,
             version: 0,
             lease: 0,
-            value: Value::Held(Bytes::new()),
+            value: Value::Empty,
         }
     }
 
@@ -397,7 +397,7 @@ impl Store {
         let mover = Mover::run(logged, old, &mut self.values);
         for versions in self.keys.values_mut() {
             versions.map_values(|value| match value {
-                Value::Held(bytes) => self.values.keep(bytes.clone()),
+                Value::Held(bytes) => self.values.keep(Bytes::clone(bytes)),
                 logged => mover.moved(logged),
             });
         }
@@ -506,12 +506,15 @@ impl Store {
                         logged_bytes += u64::from(*len);
                     }
                     Value::Held(bytes) => assert!(
-                        !self.values.has_log()
-                            || bytes.is_empty()
-                            || u32::try_from(bytes.len()).is_err(),
-                        "a store with a value log holds only empty values"
+                        !self.values.has_log() || u32::try_from(bytes.len()).is_err(),
+                        "a store with a value log holds only values too long for it"
                     ),
+                    Value::Empty => {}
                 }
+                assert!(
+                    !matches!(&version.value, Value::Held(bytes) if bytes.is_empty()),
+                    "an empty value is `Value::Empty`"
+                );
                 assert!(
                     version.revision.main <= self.current_revision && version.revision.main >= 2
                 );

@@ -97,18 +97,31 @@ impl ValueLog for VecValueLog {
     }
 }
 
-/// A stored version's value.
+/// A stored version's value: 16 bytes, so that a version is 56 (a logged value is the
+/// common case in a server; a held one costs a box).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Value {
-    /// In memory (always, for an empty value or a store without a log).
-    Held(Bytes),
+    /// No bytes.
+    Empty,
+    /// In memory (in a store without a log).
+    Held(Box<Bytes>),
     /// In the store's value log.
     Logged { offset: u64, len: u32 },
 }
 
 impl Value {
+    /// `bytes` held in memory.
+    pub(crate) fn held(bytes: Bytes) -> Value {
+        if bytes.is_empty() {
+            Value::Empty
+        } else {
+            Value::Held(Box::new(bytes))
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         match self {
+            Value::Empty => 0,
             Value::Held(bytes) => bytes.len(),
             Value::Logged { len, .. } => *len as usize,
         }
@@ -139,7 +152,7 @@ impl Values {
 
     /// Where a new version keeps `bytes`: in the log if there is one.
     pub(crate) fn keep(&mut self, bytes: Bytes) -> Value {
-        self.log_slice(&bytes).unwrap_or(Value::Held(bytes))
+        self.log_slice(&bytes).unwrap_or_else(|| Value::held(bytes))
     }
 
     /// `bytes` appended to the log, if there is one and they belong there.
@@ -161,7 +174,8 @@ impl Values {
     /// The bytes of `value`.
     pub(crate) fn bytes(&self, value: &Value) -> Bytes {
         match value {
-            Value::Held(bytes) => bytes.clone(),
+            Value::Empty => Bytes::new(),
+            Value::Held(bytes) => Bytes::clone(bytes),
             Value::Logged { .. } => {
                 let mut out = Vec::with_capacity(value.len());
                 self.append_to(value, &mut out);
@@ -173,6 +187,7 @@ impl Values {
     /// Appends the bytes of `value` to `out`.
     pub(crate) fn append_to(&self, value: &Value, out: &mut Vec<u8>) {
         match value {
+            Value::Empty => {}
             Value::Held(bytes) => out.extend_from_slice(bytes),
             Value::Logged { offset, len } => self
                 .log
@@ -185,6 +200,7 @@ impl Values {
     /// Feeds the bytes of `value` to `crc`.
     pub(crate) fn hash(&self, value: &Value, crc: &mut Crc32, scratch: &mut Vec<u8>) {
         match value {
+            Value::Empty => {}
             Value::Held(bytes) => crc.update(bytes),
             Value::Logged { .. } => {
                 scratch.clear();
@@ -245,7 +261,7 @@ impl Mover {
         let mut old: Vec<(u64, u32)> = logged
             .filter_map(|value| match value {
                 Value::Logged { offset, len } => Some((*offset, *len)),
-                Value::Held(_) => None,
+                Value::Empty | Value::Held(_) => None,
             })
             .collect();
         old.sort_unstable();
