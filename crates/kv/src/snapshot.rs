@@ -83,6 +83,8 @@ macro_rules! record {
 
 record!(Header, TAG_HEADER, { applied_index, current_revision, compact_revision, version_count, lease_count, session_count });
 record!(VersionRecord, TAG_VERSION, { key, main, sub, kv });
+record!(LeaseRecord, TAG_LEASE, { id, ttl_seconds, renewed_at_ms });
+record!(SessionRecord, TAG_SESSION, { client_id, sequence, last_index, response });
 
 /// Encodes `version` of `key` as its [`VersionRecord`], straight from the store's data: a
 /// snapshot writes every version, and building each record would copy the key (when inline)
@@ -106,8 +108,6 @@ fn put_version_record(out: &mut Vec<u8>, key: &[u8], version: &StoredVersion, va
     values.append_to(&version.value, out);
     version.lease.put(out);
 }
-record!(LeaseRecord, TAG_LEASE, { id, ttl_seconds, renewed_at_ms });
-record!(SessionRecord, TAG_SESSION, { client_id, sequence, last_index, response });
 
 struct ChecksumWriter<W> {
     inner: W,

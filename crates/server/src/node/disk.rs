@@ -122,11 +122,11 @@ impl DiskQueue {
                 return;
             }
         }
+        // `take` runs either way: nothing deferred outlives a write.
         let hard_state = hard_state.or(self.deferred.take());
         if let Some(hard) = hard_state {
             self.handed_term = hard.term;
             self.handed_vote = hard.vote;
-            self.deferred = None;
         }
         let inline =
             follower && snapshot.is_none() && self.done.load(Ordering::Acquire) == self.sent;
