@@ -156,11 +156,18 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         &self,
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let data = self.backend.read(|store| {
-            let mut data = Vec::with_capacity(store.approximate_size_bytes() as usize + 1024);
-            store.snapshot(&mut data).map(|()| data)
-        });
-        let data = data.map_err(|error| Status::internal(format!("skiff: snapshot: {error}")))?;
+        // The copy is taken under the store's lock; writing it (which reads every value back)
+        // happens on a blocking thread, so neither the applier nor this runtime waits for it.
+        let (copy, size) = self
+            .backend
+            .read(|store| (store.snapshot_copy(), store.approximate_size_bytes()));
+        let data = tokio::task::spawn_blocking(move || {
+            let mut data = Vec::with_capacity(size as usize + 1024);
+            copy.write(&mut data).map(|()| data)
+        })
+        .await
+        .map_err(|error| Status::internal(format!("skiff: snapshot: {error}")))?
+        .map_err(|error| Status::internal(format!("skiff: snapshot: {error}")))?;
         let messages = snapshot_messages(data, self.limits.snapshot_chunk_bytes);
         Ok(Response::new(Box::pin(tokio_stream::iter(
             messages.into_iter().map(Ok),
