@@ -180,7 +180,8 @@ pub enum Applied {
 }
 
 /// The key-value state of one member: a skiff-kv store, plus the record of which writes
-/// changed it, to prove that none changes it twice.
+/// changed it, to prove that none changes it twice. The store keeps its values in a value log,
+/// as a server's does (in memory here: `VecValueLog`).
 #[derive(Debug)]
 pub struct KvState {
     store: kv::Store,
@@ -189,11 +190,18 @@ pub struct KvState {
 
 impl Default for KvState {
     fn default() -> KvState {
+        let mut store = kv::Store::new(kv::KvConfig::default()).expect("default config is valid");
+        store.set_value_log(value_log());
         KvState {
-            store: kv::Store::new(kv::KvConfig::default()).expect("default config is valid"),
+            store,
             executed: BTreeSet::new(),
         }
     }
+}
+
+/// A fresh value log for a member's store.
+fn value_log() -> std::sync::Arc<dyn kv::ValueLog> {
+    std::sync::Arc::new(kv::VecValueLog::default())
 }
 
 impl KvState {
@@ -266,7 +274,8 @@ impl KvState {
             let client = take_u64(&mut rest)?;
             executed.insert((client, take_u64(&mut rest)?));
         }
-        let store = kv::Store::restore(rest, kv::KvConfig::default()).ok()?;
+        let store =
+            kv::Store::restore_with(rest, kv::KvConfig::default(), Some(value_log())).ok()?;
         Some(KvState { store, executed })
     }
 }
