@@ -3,8 +3,10 @@
 //! `skiff bench put --key-space-size`), then a snapshot of the result.
 //!
 //! Run with `cargo bench -p skiff-kv --bench apply`. Optional arguments: `--puts N` (default
-//! 300,000), `--key-space N` (default 100,000), `--key-size N` (default 8, bytes) and
-//! `--value-size N` (default 256, bytes).
+//! 300,000), `--key-space N` (default 100,000), `--key-size N` (default 8, bytes),
+//! `--value-size N` (default 256, bytes) and `--held 1` (values in the heap instead of a value
+//! log). The value log here is a `VecValueLog` (a vector); a member's is a file, whose reads
+//! are system calls.
 //!
 //! This is a figure to compare runs with, not a test: it asserts nothing about speed.
 
@@ -58,6 +60,9 @@ fn main() {
     let key_size = argument("--key-size", 8);
     let value = Bytes::from(vec![b'v'; argument("--value-size", 256)]);
     let mut store = Store::new(KvConfig::default()).expect("default config");
+    if argument("--held", 0) == 0 {
+        store.set_value_log(std::sync::Arc::new(skiff_kv::VecValueLog::default()));
+    }
     let mut draw = Draw(0x2545_f491_4f6c_dd1d);
     let commands: Vec<Command> = (0..puts)
         .map(|_| {
