@@ -812,6 +812,8 @@ impl Store {
             limit if limit > 0 && sort_order == SortOrder::None && !filtered => limit as usize + 1,
             _ => usize::MAX,
         };
+        // A keys-only answer reads no value, unless values decide the order.
+        let with_values = !request.keys_only || request.sort_target == SortTarget::Value;
         let mut count = 0i64;
         let mut kvs = Vec::new();
         for (key, versions) in self.keys_in(KeyRange::new(&request.key, &request.range_end)) {
@@ -820,7 +822,7 @@ impl Store {
             };
             count += 1;
             if !request.count_only && kvs.len() < fetch_limit {
-                kvs.extend(visible.kv(key, (!request.keys_only).then_some(&self.values)));
+                kvs.extend(visible.kv(key, with_values.then_some(&self.values)));
             }
         }
         if filtered {

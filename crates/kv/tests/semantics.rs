@@ -242,6 +242,19 @@ fn sort_orders_and_targets() {
         sorted(&h, SortOrder::Descend, SortTarget::Version),
         ["a", "b", "c"]
     );
+    // A keys-only answer is still sorted by the values it leaves out.
+    let keys_only = h
+        .store
+        .range(&RangeRequest {
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Value,
+            keys_only: true,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    let keys: Vec<_> = keys_only.kvs.iter().map(|kv| kv.key.clone()).collect();
+    assert_eq!(keys, [b("a"), b("c"), b("b")]);
+    assert!(keys_only.kvs.iter().all(|kv| kv.value.is_empty()));
     // Sorting happens before the limit.
     let response = h
         .store
