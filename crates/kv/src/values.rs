@@ -218,8 +218,8 @@ impl Values {
         })
     }
 
-    /// Switches to `log` (a fresh one, or the first), with no live values yet: the caller moves
-    /// every value over with [`Values::move_to`].
+    /// Switches to `log` (a fresh one, or the first), with no live values yet, and returns the
+    /// values as they were: the caller then moves every value over (`Store::move_values`).
     pub(crate) fn start_log(&mut self, log: Arc<dyn ValueLog>) -> Values {
         let old = std::mem::replace(
             self,
@@ -251,8 +251,9 @@ impl Mover {
     /// Bytes read from the old log at once.
     const WINDOW_BYTES: usize = 1 << 20;
 
-    /// Moves every value of `values` (logged in `from`, or held) into `to`, which must be the
-    /// log `to` now uses; afterwards [`Mover::moved`] gives each value's new place.
+    /// Copies every logged value among `logged` (all in `from`'s log) to the end of `to`'s
+    /// log, in offset order; afterwards [`Mover::moved`] gives each one's new place. Held
+    /// values are the caller's to move.
     pub(crate) fn run<'a>(
         logged: impl Iterator<Item = &'a Value>,
         from: &Values,
