@@ -318,7 +318,7 @@ fn install(
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use crate::node::scratch::Scratch;
     use std::sync::mpsc::{channel, Receiver};
 
     use bytes::Bytes;
@@ -353,24 +353,6 @@ mod tests {
         Some(HardState { term, vote, commit })
     }
 
-    /// A scratch directory, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir =
-                std::env::temp_dir().join(format!("skiff-disk-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            Scratch(dir)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// A writer over a new log store in `dir` at term 3, sending to `outbound`, with `on_fsync`,
     /// counting finished Readies in `done`.
     fn writer_in(
@@ -379,7 +361,7 @@ mod tests {
         on_fsync: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
         done: Arc<AtomicU64>,
     ) -> DiskWriter {
-        let file_system = OsFileSystem::new(&dir.0).unwrap();
+        let file_system = OsFileSystem::new(dir.path()).unwrap();
         let (mut storage, _) =
             skiff_storage::FileStorage::open(file_system, Default::default()).unwrap();
         let recovered = HardState {
@@ -412,7 +394,7 @@ mod tests {
 
     impl Harness {
         fn new(name: &str) -> Harness {
-            let dir = Scratch::new(name);
+            let dir = Scratch::new(&format!("disk-{name}"));
             let (tx, tasks) = channel();
             let sent = Arc::new(Mutex::new(Vec::new()));
             let outbound: Outbound = {
@@ -578,7 +560,7 @@ mod tests {
     /// either.
     #[test]
     fn the_writer_counts_readies_after_syncing_and_sending() {
-        let dir = Scratch::new("counts");
+        let dir = Scratch::new("disk-counts");
         let done = Arc::new(AtomicU64::new(0));
         let seen_at_sync = Arc::new(Mutex::new(Vec::new()));
         let seen_at_send = Arc::new(Mutex::new(Vec::new()));

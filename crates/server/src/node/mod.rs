@@ -20,6 +20,8 @@ mod apply;
 mod disk;
 mod event_loop;
 mod forward;
+#[cfg(test)]
+mod scratch;
 mod snapshot;
 mod values;
 

@@ -145,35 +145,13 @@ impl ValueLog for FileValueLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A fresh directory for one test, removed when dropped.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir =
-                std::env::temp_dir().join(format!("skiff-values-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::node::scratch::Scratch;
 
     /// Reads see every appended byte, from the buffer, the file, or both at once, and nothing
     /// is left behind in the directory.
     #[test]
     fn reads_see_appends_across_the_buffer_and_the_file() {
-        let dir = Scratch::new("reads");
+        let dir = Scratch::new("values-reads");
         let log = FileValueLog::create_in(dir.path()).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let mut model = Vec::new();
@@ -214,7 +192,7 @@ mod tests {
 
     #[test]
     fn leftovers_are_cleared() {
-        let dir = Scratch::new("leftovers");
+        let dir = Scratch::new("values-leftovers");
         std::fs::write(dir.path().join("values-1-0.tmp"), b"old").unwrap();
         FileValueLog::clear_dir(dir.path()).unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
