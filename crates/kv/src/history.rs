@@ -102,15 +102,10 @@ impl History {
         }
         let mut all: Vec<StoredVersion> = self.iter().cloned().collect();
         let kept = all.split_off(count.min(all.len()));
-        *self = History::default();
-        for version in kept {
-            self.push(version);
-        }
+        self.rebuild(kept);
         all
     }
-}
 
-impl History {
     /// Replaces every version's value with `place(value)`, rebuilding the chunks (a copy made
     /// earlier keeps the old ones).
     pub(crate) fn map_values(&mut self, mut place: impl FnMut(&Value) -> Value) {
@@ -121,6 +116,11 @@ impl History {
                 ..version.clone()
             })
             .collect();
+        self.rebuild(versions);
+    }
+
+    /// Becomes a history of exactly `versions` (in order), in fresh chunks.
+    fn rebuild(&mut self, versions: Vec<StoredVersion>) {
         *self = History::default();
         for version in versions {
             self.push(version);

@@ -379,8 +379,7 @@ impl Store {
     /// (see [`ValueLog`]). `log` must be empty and used by no other store.
     pub fn set_value_log(&mut self, log: Arc<dyn ValueLog>) {
         assert!(log.is_empty(), "a store starts an empty value log");
-        let old = self.values.start_log(log);
-        self.move_values(&old);
+        self.switch_value_log(log);
     }
 
     /// With a [`ValueLog`], the bytes of it that live versions use and the bytes it holds.
@@ -388,13 +387,14 @@ impl Store {
         self.values.usage()
     }
 
-    /// Moves every value, held or in the `old` log, to the current log, in the old log's order.
-    fn move_values(&mut self, old: &Values) {
+    /// Moves every value, held or in the current log, to `log` (empty), in the old log's order.
+    fn switch_value_log(&mut self, log: Arc<dyn ValueLog>) {
+        let old = self.values.start_log(log);
         let logged = self
             .keys
             .values()
             .flat_map(|versions| versions.iter().map(|version| &version.value));
-        let mover = Mover::run(logged, old, &mut self.values);
+        let mover = Mover::run(logged, &old, &mut self.values);
         for versions in self.keys.values_mut() {
             versions.map_values(|value| match value {
                 Value::Held(bytes) => self.values.keep(Bytes::clone(bytes)),
@@ -1133,8 +1133,7 @@ impl Store {
         self.compact_revision = revision;
         if self.values.worth_collecting() {
             let fresh = self.values.fresh_log().expect("a log to collect");
-            let old = self.values.start_log(fresh);
-            self.move_values(&old);
+            self.switch_value_log(fresh);
         }
         Ok(())
     }

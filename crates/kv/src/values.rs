@@ -219,7 +219,7 @@ impl Values {
     }
 
     /// Switches to `log` (a fresh one, or the first), with no live values yet, and returns the
-    /// values as they were: the caller then moves every value over (`Store::move_values`).
+    /// values as they were: the caller then moves every value over (`Store::switch_value_log`).
     pub(crate) fn start_log(&mut self, log: Arc<dyn ValueLog>) -> Values {
         let old = std::mem::replace(
             self,
