@@ -22,6 +22,7 @@ pub mod types;
 
 pub use config::{Config, PlantedBug, ReadMode};
 pub use error::{ConfigError, RaftError};
+pub use log::EntrySource;
 pub use membership::{
     decode_membership, decode_membership_context, encode_membership,
     encode_membership_with_context, plan_change, MembershipChange, MembershipDecodeError,

@@ -2,13 +2,43 @@
 //! that track how far the log is committed, handed out for persisting, persisted, and
 //! handed out for applying.
 //!
+//! Entries that are applied may be *released*: dropped from memory while the log still
+//! knows their terms (as runs, one per term), so that a member need not hold every entry
+//! since its last snapshot. Whoever needs a released entry's payload (the leader, to send
+//! it) reads it back from the member's own durable log (see `node::EntrySource`).
+//!
 //! Invariant chain, checked after every step:
-//! `snapshot_index <= applied <= applying <= min(committed, persisted)`,
+//! `snapshot_index <= released <= applied <= applying <= min(committed, persisted)`,
 //! `committed <= last_index`, `persisted <= handed_out <= last_index`.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
 
 use crate::types::Entry;
+
+/// Where a member reads back entries it released from memory: its own durable log (see
+/// [`crate::RawNode::release_applied_entries`]). The core calls it synchronously, only to
+/// send released entries to a member that lags behind.
+pub trait EntrySource: Send + Sync {
+    /// The entries in `low..high`, consecutive from `low`, stopping before `max_bytes` (by
+    /// [`Entry::size_bytes`]) would be exceeded but at least one. Every index asked for was
+    /// persisted and applied by this member and is above the last snapshot the core was told
+    /// of. `None` if they cannot be read now, for instance because the log dropped them for
+    /// a snapshot the core has not yet heard of: the core sends nothing then, and tries
+    /// again at the next chance.
+    fn entries(&self, low: u64, high: u64, max_bytes: u64) -> Option<Vec<Entry>>;
+}
+
+/// A shared [`EntrySource`], printable so that the core stays `Debug`.
+#[derive(Clone)]
+pub(crate) struct SourceHandle(pub(crate) Arc<dyn EntrySource>);
+
+impl fmt::Debug for SourceHandle {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("EntrySource")
+    }
+}
 
 /// The log and its cursors.
 #[derive(Debug, Clone)]
@@ -17,7 +47,13 @@ pub struct RaftLog {
     snapshot_index: u64,
     /// Term of that entry (0 without a snapshot).
     snapshot_term: u64,
-    /// Entries after `snapshot_index`: `entries[i].index == snapshot_index + 1 + i`.
+    /// Entries up to here (and after `snapshot_index`) are released: not held, but their
+    /// terms are in `released_terms`.
+    released: u64,
+    /// The terms of the released entries, as runs: `(first index, term)`, in order, the
+    /// first run starting at `snapshot_index + 1`; empty when nothing is released.
+    released_terms: VecDeque<(u64, u64)>,
+    /// Entries after `released`: `entries[i].index == released + 1 + i`.
     entries: VecDeque<Entry>,
     /// Highest index known committed.
     committed: u64,
@@ -43,6 +79,8 @@ impl RaftLog {
         let log = RaftLog {
             snapshot_index,
             snapshot_term,
+            released: snapshot_index,
+            released_terms: VecDeque::new(),
             entries: entries.into(),
             committed: committed.max(snapshot_index),
             handed_out: last_index,
@@ -62,14 +100,18 @@ impl RaftLog {
 
     /// Index of the last entry (the snapshot index if the log is empty).
     pub fn last_index(&self) -> u64 {
-        self.snapshot_index + self.entries.len() as u64
+        self.released + self.entries.len() as u64
     }
 
     /// Term of the last entry.
     pub fn last_term(&self) -> u64 {
-        self.entries
-            .back()
-            .map_or(self.snapshot_term, |entry| entry.term)
+        match self.entries.back() {
+            Some(entry) => entry.term,
+            None => self
+                .released_terms
+                .back()
+                .map_or(self.snapshot_term, |(_, term)| *term),
+        }
     }
 
     /// First index still held as an entry.
@@ -80,6 +122,12 @@ impl RaftLog {
     /// Index covered by the latest snapshot.
     pub fn snapshot_index(&self) -> u64 {
         self.snapshot_index
+    }
+
+    /// Entries up to this index are released: their terms are known, their payloads are
+    /// not held (see the module docs).
+    pub fn released(&self) -> u64 {
+        self.released
     }
 
     /// Highest committed index.
@@ -107,15 +155,24 @@ impl RaftLog {
         if index == self.snapshot_index {
             return Some(self.snapshot_term);
         }
+        if index < self.snapshot_index {
+            return None;
+        }
+        if index <= self.released {
+            let run = self
+                .released_terms
+                .partition_point(|(first, _)| *first <= index);
+            return Some(self.released_terms[run - 1].1);
+        }
         self.entry(index).map(|entry| entry.term)
     }
 
-    /// The entry at `index`, if held.
+    /// The entry at `index`, if held in memory (not compacted, not released).
     pub fn entry(&self, index: u64) -> Option<&Entry> {
-        if index <= self.snapshot_index {
+        if index <= self.released {
             return None;
         }
-        self.entries.get((index - self.snapshot_index - 1) as usize)
+        self.entries.get((index - self.released - 1) as usize)
     }
 
     /// True if the entry at `index` has `term` (Raft's log-matching check).
@@ -143,10 +200,10 @@ impl RaftLog {
         index
     }
 
-    /// Entries in `[low, high)` (clamped to the held range), stopping once `max_bytes` is
-    /// reached but always including at least one entry if any is available.
+    /// Entries in `[low, high)` (clamped to the range held in memory), stopping once
+    /// `max_bytes` is reached but always including at least one entry if any is available.
     pub fn slice(&self, low: u64, high: u64, max_bytes: u64) -> Vec<Entry> {
-        let low = low.max(self.first_index());
+        let low = low.max(self.released + 1);
         let high = high.min(self.last_index() + 1);
         let mut out = Vec::new();
         let mut bytes = 0u64;
@@ -161,6 +218,54 @@ impl RaftLog {
             index += 1;
         }
         out
+    }
+
+    /// Entries in `[low, high)` like [`RaftLog::slice`], but from `low` on even if released:
+    /// released entries are read back from `source`, and held ones follow them within the
+    /// same `max_bytes`. `None` if `source` cannot give them now. Panics if it gives entries
+    /// other than those asked for (a damaged log must not be replicated).
+    pub fn fetch(
+        &self,
+        source: Option<&dyn EntrySource>,
+        low: u64,
+        high: u64,
+        max_bytes: u64,
+    ) -> Option<Vec<Entry>> {
+        if low > self.released || low >= high {
+            return Some(self.slice(low, high, max_bytes));
+        }
+        assert!(low > self.snapshot_index, "fetching compacted entry {low}");
+        let released_high = high.min(self.released + 1);
+        let source = source.expect("entries are released only with a source");
+        let mut entries = source.entries(low, released_high, max_bytes)?;
+        let expected = !entries.is_empty()
+            && entries.len() as u64 <= released_high - low
+            && entries.iter().enumerate().all(|(offset, entry)| {
+                entry.index == low + offset as u64 && self.term(entry.index) == Some(entry.term)
+            });
+        assert!(
+            expected,
+            "the entry source gave {:?} for {low}..{released_high}",
+            entries
+                .iter()
+                .map(|entry| (entry.index, entry.term))
+                .collect::<Vec<_>>()
+        );
+        let mut bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        // Held entries follow only if the source gave every released one asked for.
+        let mut index = low + entries.len() as u64;
+        if index == self.released + 1 {
+            while index < high {
+                let entry = self.entry(index).expect("index within held range");
+                bytes += entry.size_bytes();
+                if bytes > max_bytes {
+                    break;
+                }
+                entries.push(entry.clone());
+                index += 1;
+            }
+        }
+        Some(entries)
     }
 
     /// Appends entries that directly follow the last one (the leader's own proposals).
@@ -211,9 +316,9 @@ impl RaftLog {
     }
 
     fn truncate_from(&mut self, index: u64) {
-        assert!(index > self.snapshot_index && index <= self.last_index());
-        self.entries
-            .truncate((index - self.snapshot_index - 1) as usize);
+        // Released entries are applied, hence committed: never truncated.
+        assert!(index > self.released && index <= self.last_index());
+        self.entries.truncate((index - self.released - 1) as usize);
         self.handed_out = self.handed_out.min(index - 1);
         self.persisted = self.persisted.min(index - 1);
     }
@@ -291,6 +396,26 @@ impl RaftLog {
         self.applied = self.applied.max(index);
     }
 
+    /// Releases the entries up to `index` (see the module docs): they leave memory, their
+    /// terms stay. `index` must be applied; releasing what is already released does nothing.
+    pub fn release(&mut self, index: u64) {
+        assert!(
+            index <= self.applied,
+            "release {index} beyond applied {}",
+            self.applied
+        );
+        while self.released < index {
+            let entry = self
+                .entries
+                .pop_front()
+                .expect("applied entries are in the log");
+            if self.released_terms.back().map(|(_, term)| *term) != Some(entry.term) {
+                self.released_terms.push_back((entry.index, entry.term));
+            }
+            self.released = entry.index;
+        }
+    }
+
     /// Drops entries up to `index`, which a snapshot now covers. `index` must be applied.
     pub fn compact(&mut self, index: u64) {
         if index <= self.snapshot_index {
@@ -301,9 +426,22 @@ impl RaftLog {
             "compact {index} beyond applied {}",
             self.applied
         );
-        let term = self.term(index).expect("compacting a held entry");
-        let drop = (index - self.snapshot_index) as usize;
-        self.entries.drain(..drop);
+        let term = self.term(index).expect("compacting an entry of the log");
+        self.release(index);
+        // Runs wholly at or below `index` go; the next one, if it started there, now starts
+        // after it.
+        while self
+            .released_terms
+            .get(1)
+            .is_some_and(|(first, _)| *first <= index + 1)
+        {
+            self.released_terms.pop_front();
+        }
+        if index == self.released {
+            self.released_terms.clear();
+        } else if let Some(front) = self.released_terms.front_mut() {
+            front.0 = front.0.max(index + 1);
+        }
         self.snapshot_index = index;
         self.snapshot_term = term;
     }
@@ -316,6 +454,8 @@ impl RaftLog {
             "snapshot {index} not ahead of commit"
         );
         self.entries.clear();
+        self.released_terms.clear();
+        self.released = index;
         self.snapshot_index = index;
         self.snapshot_term = term;
         self.committed = index;
@@ -328,8 +468,14 @@ impl RaftLog {
     /// Checks the invariant chain; panics on a violation.
     pub fn check_invariants(&self) {
         assert!(
-            self.snapshot_index <= self.applied,
-            "applied behind snapshot"
+            self.snapshot_index <= self.released,
+            "released behind snapshot"
+        );
+        assert!(self.released <= self.applied, "released ahead of applied");
+        assert_eq!(
+            self.released_terms.front().map(|(first, _)| *first),
+            (self.released > self.snapshot_index).then_some(self.snapshot_index + 1),
+            "released terms do not start after the snapshot"
         );
         assert!(self.applied <= self.applying, "applied ahead of applying");
         assert!(
@@ -420,6 +566,142 @@ mod tests {
         assert_eq!(log.find_conflict_by_term(6, 3), 2);
         assert_eq!(log.find_conflict_by_term(6, 0), 0);
         assert_eq!(log.find_conflict_by_term(10, 9), 6);
+    }
+
+    /// A log of `terms`, all persisted, committed and applied.
+    fn applied_log_of(terms: &[u64]) -> RaftLog {
+        let mut log = log_of(terms);
+        log.commit_to(log.last_index());
+        log.take_to_apply(u64::MAX);
+        log.applied_to(log.last_index());
+        log
+    }
+
+    #[test]
+    fn released_entries_keep_their_terms() {
+        let mut log = applied_log_of(&[1, 1, 2, 2, 2, 3]);
+        log.release(4);
+        log.check_invariants();
+        assert_eq!(log.entry(4), None, "released");
+        assert_eq!(log.entry(5).map(|entry| entry.term), Some(2));
+        let terms: Vec<Option<u64>> = (0..=7).map(|index| log.term(index)).collect();
+        assert_eq!(
+            terms,
+            [
+                Some(0),
+                Some(1),
+                Some(1),
+                Some(2),
+                Some(2),
+                Some(2),
+                Some(3),
+                None
+            ]
+        );
+        assert_eq!(
+            log.slice(1, 7, u64::MAX).len(),
+            2,
+            "slice holds only what is held"
+        );
+        assert_eq!(
+            log.find_conflict_by_term(6, 1),
+            2,
+            "searches released terms too"
+        );
+        log.release(2);
+        assert_eq!(log.released(), 4, "releasing less does nothing");
+
+        log.compact(3);
+        log.check_invariants();
+        assert_eq!(log.term(2), None, "compacted");
+        assert_eq!(log.term(3), Some(2), "the snapshot's own term");
+        assert_eq!(log.term(4), Some(2), "the run cut at the snapshot");
+        log.compact(4);
+        log.check_invariants();
+        assert_eq!((log.term(4), log.term(5)), (Some(2), Some(2)));
+
+        log.release(6);
+        log.check_invariants();
+        assert_eq!((log.last_index(), log.last_term()), (6, 3), "all released");
+        log.append(vec![entry(7, 3), entry(8, 4)]);
+        assert_eq!(log.term(6), Some(3));
+        assert_eq!(log.term(8), Some(4));
+        log.compact(6);
+        log.check_invariants();
+        assert_eq!(
+            (log.snapshot_index(), log.term(6), log.term(5)),
+            (6, Some(3), None)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "release 3 beyond applied 2")]
+    fn only_applied_entries_are_released() {
+        let mut log = applied_log_of(&[1, 1]);
+        log.append(vec![entry(3, 1)]);
+        log.release(3);
+    }
+
+    #[test]
+    fn merge_accepts_released_entries_that_match() {
+        let mut log = applied_log_of(&[1, 1, 2]);
+        log.release(3);
+        assert_eq!(log.merge(1, vec![entry(2, 1), entry(3, 2), entry(4, 2)]), 4);
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.entry(4).map(|entry| entry.term), Some(2));
+    }
+
+    struct Fixed(Vec<Entry>);
+
+    impl EntrySource for Fixed {
+        fn entries(&self, low: u64, high: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+            let mut bytes = 0;
+            let wanted = self
+                .0
+                .iter()
+                .filter(|entry| entry.index >= low && entry.index < high);
+            Some(
+                wanted
+                    .take_while(|entry| {
+                        bytes += entry.size_bytes();
+                        bytes == entry.size_bytes() || bytes <= max_bytes
+                    })
+                    .cloned()
+                    .collect(),
+            )
+        }
+    }
+
+    #[test]
+    fn fetch_reads_released_entries_from_the_source() {
+        let mut log = applied_log_of(&[1, 1, 2]);
+        log.append(vec![entry(4, 2)]);
+        log.release(3);
+        let source = Fixed(vec![entry(1, 1), entry(2, 1), entry(3, 2)]);
+        let indexes = |fetched: Option<Vec<Entry>>| -> Vec<u64> {
+            fetched.unwrap().iter().map(|entry| entry.index).collect()
+        };
+        assert_eq!(indexes(log.fetch(Some(&source), 2, 5, u64::MAX)), [2, 3, 4]);
+        assert_eq!(indexes(log.fetch(Some(&source), 4, 5, u64::MAX)), [4]);
+        let two = 2 * entry(1, 1).size_bytes();
+        assert_eq!(
+            indexes(log.fetch(Some(&source), 2, 5, two)),
+            [2, 3],
+            "held entries share the byte budget"
+        );
+        assert_eq!(
+            indexes(log.fetch(Some(&source), 2, 5, 0)),
+            [2],
+            "at least one"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "the entry source gave [(2, 9)] for 2..4")]
+    fn fetch_refuses_entries_of_the_wrong_term() {
+        let mut log = applied_log_of(&[1, 1, 2]);
+        log.release(3);
+        log.fetch(Some(&Fixed(vec![entry(2, 9)])), 2, 4, u64::MAX);
     }
 
     #[test]

@@ -10,12 +10,13 @@
 //! produce the same results.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::config::{Config, PlantedBug, ReadMode};
 use crate::error::{ConfigError, RaftError};
-use crate::log::RaftLog;
+use crate::log::{EntrySource, RaftLog, SourceHandle};
 use crate::membership::{
     decode_membership, decode_membership_context, encode_membership_with_context, plan_change,
     MembershipChange,
@@ -182,6 +183,9 @@ pub struct RawNode {
     role: Role,
     leader: Option<NodeId>,
     log: RaftLog,
+    /// Set by [`RawNode::release_applied_entries`]: where released entries are read back,
+    /// and how many applied entries stay in memory.
+    entry_source: Option<(SourceHandle, u64)>,
     /// The configuration in force: the last entry of `config_entries`, else `base_membership`.
     membership: Membership,
     /// The configuration in force at the snapshot index (or at bootstrap).
@@ -309,6 +313,7 @@ impl RawNode {
             role: Role::Follower,
             leader: None,
             log,
+            entry_source: None,
             membership,
             base_membership,
             config_entries,
@@ -542,6 +547,43 @@ impl RawNode {
     /// Reports that committed entries up to `index` are applied.
     pub fn on_applied(&mut self, index: u64) {
         self.log.applied_to(index);
+        self.release_entries();
+    }
+
+    /// From now on, keeps in memory only the last `keep` applied entries (and every entry
+    /// not yet applied): older ones are released, and read back from `source` (this
+    /// member's durable log) when a lagging member needs them. Without this call the core
+    /// holds every entry after its last snapshot, which is most of a member's memory when
+    /// snapshots are far apart.
+    pub fn release_applied_entries(&mut self, source: Arc<dyn EntrySource>, keep: u64) {
+        self.entry_source = Some((SourceHandle(source), keep));
+        self.release_entries();
+        self.check_invariants();
+    }
+
+    fn release_entries(&mut self) {
+        if let Some((_, keep)) = &self.entry_source {
+            self.log.release(self.log.applied().saturating_sub(*keep));
+        }
+    }
+
+    /// The entry at `index` whether held in memory or released (then read back from the
+    /// entry source); `None` if compacted, beyond the log, or unreadable now. For checks
+    /// and tools: it copies the entry.
+    pub fn read_entry(&self, index: u64) -> Option<Entry> {
+        if let Some(entry) = self.log.entry(index) {
+            return Some(entry.clone());
+        }
+        if index <= self.log.snapshot_index() || index > self.log.last_index() {
+            return None;
+        }
+        self.log.fetch(self.source(), index, index + 1, 0)?.pop()
+    }
+
+    fn source(&self) -> Option<&dyn EntrySource> {
+        self.entry_source
+            .as_ref()
+            .map(|(source, _)| &*source.0 as &dyn EntrySource)
     }
 
     /// Reports that `to` could not be reached, so pipelined messages are probably lost.
@@ -1654,11 +1696,16 @@ impl RawNode {
         let entries = if ignore_pause {
             Vec::new()
         } else {
-            self.log.slice(
-                progress.next_index,
-                self.log.last_index() + 1,
-                self.config.max_message_bytes,
-            )
+            // A lagging member may need released entries; if they cannot be read now, the
+            // message goes without entries (a probe, a commit notice) or not at all.
+            self.log
+                .fetch(
+                    self.source(),
+                    progress.next_index,
+                    self.log.last_index() + 1,
+                    self.config.max_message_bytes,
+                )
+                .unwrap_or_default()
         };
         if entries.is_empty() && !allow_empty {
             return false;

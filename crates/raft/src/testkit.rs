@@ -6,11 +6,14 @@
 //! (`skiff-sim`) is the place for randomized faults.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use crate::config::Config;
 use crate::error::RaftError;
+use crate::log::EntrySource;
 use crate::membership::{MembershipChange, MembershipStep};
 use crate::message::{Message, MessageBody};
 use crate::node::{InitialState, RawNode, ReadState, Ready, Role};
@@ -42,6 +45,43 @@ impl MemoryStore {
     }
 }
 
+/// A member's durable entries as an [`EntrySource`]: a copy of its [`MemoryStore`]'s,
+/// refreshed whenever the store changes, and a count of the entries read.
+#[derive(Debug, Default)]
+pub struct StoreSource {
+    /// Index of the entry before `entries[0]` and the entries.
+    held: Mutex<(u64, Vec<Entry>)>,
+    /// Entries handed out so far.
+    pub reads: AtomicU64,
+}
+
+impl StoreSource {
+    fn refresh(&self, store: &MemoryStore) {
+        *self.held.lock().expect("source lock") = (store.snapshot_index(), store.entries.clone());
+    }
+}
+
+impl EntrySource for StoreSource {
+    fn entries(&self, low: u64, high: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        let held = self.held.lock().expect("source lock");
+        let (before, entries) = &*held;
+        if low <= *before || high > before + entries.len() as u64 + 1 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for entry in &entries[(low - before - 1) as usize..(high - before - 1) as usize] {
+            bytes += entry.size_bytes();
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+        }
+        self.reads.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Some(out)
+    }
+}
+
 /// A cluster of [`RawNode`]s joined by an in-memory network.
 pub struct Cluster {
     /// The members.
@@ -59,6 +99,9 @@ pub struct Cluster {
     pub cut_links: BTreeSet<(NodeId, NodeId)>,
     /// Members whose messages are never handed out (they are down).
     pub stopped: BTreeSet<NodeId>,
+    /// Members that release applied entries (see [`Cluster::release_entries`]): their
+    /// sources and how many applied entries they keep.
+    pub sources: BTreeMap<NodeId, (Arc<StoreSource>, u64)>,
     configs: BTreeMap<NodeId, Config>,
     membership: Membership,
 }
@@ -75,6 +118,7 @@ impl Cluster {
             network: VecDeque::new(),
             cut_links: BTreeSet::new(),
             stopped: BTreeSet::new(),
+            sources: BTreeMap::new(),
             configs: BTreeMap::new(),
             membership,
         };
@@ -96,7 +140,11 @@ impl Cluster {
             membership: self.membership.clone(),
             applied: store.snapshot_index(),
         };
-        let node = RawNode::new(self.configs[&id].clone(), initial).expect("valid config");
+        let mut node = RawNode::new(self.configs[&id].clone(), initial).expect("valid config");
+        if let Some((source, keep)) = self.sources.get(&id) {
+            source.refresh(store);
+            node.release_applied_entries(source.clone(), *keep);
+        }
         self.nodes.insert(id, node);
         self.applied.insert(id, Vec::new());
         self.stopped.remove(&id);
@@ -121,6 +169,23 @@ impl Cluster {
             .propose_membership(MembershipChange::new(steps))
     }
 
+    /// From now on (restarts included), member `id` keeps only `keep` applied entries in
+    /// memory and reads older ones back from its store (see
+    /// [`RawNode::release_applied_entries`]).
+    pub fn release_entries(&mut self, id: NodeId, keep: u64) {
+        let source = Arc::new(StoreSource::default());
+        source.refresh(&self.stores[&id]);
+        self.sources.insert(id, (source.clone(), keep));
+        self.node_mut(id).release_applied_entries(source, keep);
+    }
+
+    /// Entries member `id` has read back from its store since it began releasing them.
+    pub fn entries_read_back(&self, id: NodeId) -> u64 {
+        self.sources
+            .get(&id)
+            .map_or(0, |(source, _)| source.reads.load(Ordering::Relaxed))
+    }
+
     /// Member `id` takes a snapshot at `index` (applied) and compacts its log and store.
     pub fn compact(&mut self, id: NodeId, index: u64) {
         let node = self.nodes.get_mut(&id).expect("member");
@@ -130,6 +195,9 @@ impl Cluster {
         let drop = (meta.index - store.snapshot_index()) as usize;
         store.entries.drain(..drop.min(store.entries.len()));
         store.snapshot = Some(meta);
+        if let Some((source, _)) = self.sources.get(&id) {
+            source.refresh(store);
+        }
     }
 
     /// The member `id`.
@@ -166,6 +234,11 @@ impl Cluster {
             store.hard_state = hard_state;
         }
         store.append(&ready.entries);
+        if let Some((source, _)) = self.sources.get(&id) {
+            if ready.snapshot.is_some() || !ready.entries.is_empty() {
+                source.refresh(store);
+            }
+        }
         if let Some((index, term)) = ready.last_entry() {
             node.on_persisted(index, term);
         }

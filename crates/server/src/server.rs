@@ -229,16 +229,18 @@ pub async fn run(
         tick: config.heartbeat_interval,
         election_ticks,
         snapshot_count: config.snapshot_count,
-        // The core holds every entry since the last snapshot in memory: large values bring
-        // the snapshot forward so that this stays bounded.
+        // The log keeps every entry since the last snapshot on disk: large values bring the
+        // snapshot forward so that this stays bounded.
         snapshot_log_bytes: 256 << 20,
         snapshot_catchup_entries: config.snapshot_catchup_entries,
+        kept_entries: crate::node::KEPT_ENTRIES,
         kv_config,
         storage_config: StorageConfig {
-            // The core keeps every entry since the last snapshot in memory and serves
-            // followers from there; the store's own cache only needs to cover reads past a
-            // compaction, so a small one keeps the member's memory down.
-            entry_cache_bytes: 4 << 20,
+            // The core keeps its last `KEPT_ENTRIES` applied entries (and every later one)
+            // in memory and reads older ones back from the store: this cache spares the
+            // disk for a follower a little further behind. Its entries share their payloads
+            // with the core's, and a small cache keeps the member's memory down.
+            entry_cache_bytes: 1 << 20,
             ..StorageConfig::default()
         },
         // etcd: 5 s plus two election timeouts.

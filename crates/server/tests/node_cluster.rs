@@ -13,7 +13,7 @@ use bytes::Bytes;
 use skiff_kv::{KvConfig, Operation, PutRequest, RangeRequest, ResponseBody};
 use skiff_raft::{Message, MessageBody, NodeId};
 use skiff_server::members::{MemberRecord, MemberRequest, Registry};
-use skiff_server::node::{FixedPeers, ForwardFailure, Forwarder, Outbound};
+use skiff_server::node::{FixedPeers, ForwardFailure, Forwarder, Outbound, KEPT_ENTRIES};
 use skiff_server::transport::SnapshotInbox;
 use skiff_server::{Backend, Node, NodeHandle, NodeOptions, ServerError};
 use skiff_storage::StorageConfig;
@@ -128,6 +128,7 @@ struct TestCluster {
     nodes: BTreeMap<NodeId, Node>,
     snapshot_count: u64,
     snapshot_log_bytes: u64,
+    kept_entries: u64,
 }
 
 impl TestCluster {
@@ -137,6 +138,16 @@ impl TestCluster {
 
     /// A cluster whose members snapshot every `count` entries or `log_bytes` of payloads.
     fn with_snapshots(size: u64, name: &str, count: u64, log_bytes: u64) -> TestCluster {
+        TestCluster::build(size, name, count, log_bytes, KEPT_ENTRIES)
+    }
+
+    /// A cluster whose members never snapshot and keep only `kept` applied entries in
+    /// memory.
+    fn keeping(size: u64, name: &str, kept: u64) -> TestCluster {
+        TestCluster::build(size, name, 0, u64::MAX, kept)
+    }
+
+    fn build(size: u64, name: &str, count: u64, log_bytes: u64, kept: u64) -> TestCluster {
         let dir = std::env::temp_dir().join(format!(
             "skiff-node-cluster-{name}-{}-{}",
             std::process::id(),
@@ -150,6 +161,7 @@ impl TestCluster {
             nodes: BTreeMap::new(),
             snapshot_count: count,
             snapshot_log_bytes: log_bytes,
+            kept_entries: kept,
         };
         for id in cluster.ids.clone() {
             cluster.start(id);
@@ -185,6 +197,7 @@ impl TestCluster {
             snapshot_count: self.snapshot_count,
             snapshot_log_bytes: self.snapshot_log_bytes,
             snapshot_catchup_entries: 10,
+            kept_entries: self.kept_entries,
             kv_config: KvConfig::default(),
             value_dir: Some(self.dir.join(format!("m{id}-values"))),
             storage_config: StorageConfig::small_for_tests(),
@@ -394,6 +407,52 @@ async fn a_restarted_member_recovers_its_state_from_disk_and_snapshots() {
         assert!(Instant::now() < deadline, "members disagree: {hashes:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_fell_behind_gets_released_entries_from_the_leaders_log() {
+    // No snapshots, so everything the stopped member missed is in the others' logs; the
+    // others keep no applied entry in memory, so it can only come from there.
+    let mut cluster = TestCluster::keeping(3, "released", 0);
+    let leader = cluster.leader().await;
+    put(&cluster.handle(leader), "k", "before").await.unwrap();
+    let victim = *cluster.ids.iter().find(|&&id| id != leader).unwrap();
+    cluster.stop(victim).await;
+    for i in 0..300 {
+        put(
+            &cluster.handle(leader),
+            &format!("k{}", i % 7),
+            &format!("{i}"),
+        )
+        .await
+        .unwrap();
+    }
+    cluster.start(victim);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let handle = cluster.handle(victim);
+    while handle.read(|store| store.current_revision()) < 302 {
+        assert!(Instant::now() < deadline, "the member never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inbox = cluster.net.inboxes.lock().unwrap()[&victim].clone();
+    let snapshots = inbox
+        .stats()
+        .received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(snapshots, 0, "caught up from entries, not a snapshot");
+    let hashes: Vec<u32> = cluster
+        .ids
+        .iter()
+        .map(|&id| {
+            cluster
+                .handle(id)
+                .read(|store| store.hash_kv(0).unwrap().hash)
+        })
+        .collect();
+    assert!(
+        hashes.windows(2).all(|pair| pair[0] == pair[1]),
+        "members disagree: {hashes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,7 @@ async fn start_member(
         snapshot_count: 20,
         snapshot_log_bytes: 256 << 20,
         snapshot_catchup_entries: 5,
+        kept_entries: 3,
         kv_config: KvConfig::default(),
         value_dir: Some(dir.join(format!("m{id}")).join("values")),
         storage_config: StorageConfig::default(),

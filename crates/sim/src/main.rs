@@ -134,7 +134,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
     let (mut violations, mut operations, mut unknown, mut faults, mut crashes, mut events) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut inconclusive = 0u64;
-    let (mut churn_seeds, mut membership_changes) = (0u64, 0u64);
+    let (mut churn_seeds, mut membership_changes, mut read_back) = (0u64, 0u64, 0u64);
     for seed in first..first + count {
         let mut options = Options::new(seed);
         options.nodes = settings.nodes;
@@ -152,6 +152,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
         inconclusive += report.stats.linearizability_inconclusive;
         churn_seeds += report.stats.churn;
         membership_changes += report.stats.membership_changes;
+        read_back += report.stats.entries_read_back;
         if count == 1 {
             println!("trace-hash={:016x}", report.stats.trace_hash);
         }
@@ -168,7 +169,7 @@ fn run(first: u64, count: u64, settings: &Settings) -> ExitCode {
         }
     }
     println!(
-        "seeds={count} violations={violations} operations={operations} unknown={unknown} faults={faults} crashes={crashes} events={events} linearizability_inconclusive={inconclusive} churn_seeds={churn_seeds} membership_changes={membership_changes} seconds={:.1}",
+        "seeds={count} violations={violations} operations={operations} unknown={unknown} faults={faults} crashes={crashes} events={events} linearizability_inconclusive={inconclusive} churn_seeds={churn_seeds} membership_changes={membership_changes} entries_read_back={read_back} seconds={:.1}",
         started.elapsed().as_secs_f64()
     );
     if violations == 0 {

@@ -5,16 +5,19 @@
 //! `(time, sequence)`, so a seed always replays the same way; the trace hash proves it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use skiff_raft::{
-    decode_membership, Config, Entry, EntryKind, HardState, InitialState, Membership, Message,
-    MessageBody, NodeId, PlantedBug, RaftError, RawNode, ReadMode, Rng, Role, SnapshotMeta,
+    decode_membership, Config, Entry, EntryKind, EntrySource, HardState, InitialState, Membership,
+    Message, MessageBody, NodeId, PlantedBug, RaftError, RawNode, ReadMode, Rng, Role,
+    SnapshotMeta,
 };
-
-use skiff_storage::{CrashOptions, SimulatedFileSystem, SimulatedStorage, Storage, StorageConfig};
+use skiff_storage::{
+    CrashOptions, SimulatedFileSystem, SimulatedStorage, Storage, StorageConfig, StorageError,
+};
 
 use crate::command::{Applied, Command, KvState, Op, Output};
 use crate::history::{HistoryOp, Outcome};
@@ -97,6 +100,9 @@ pub struct RunStats {
     pub churn: u64,
     /// Membership changes accepted by a leader.
     pub membership_changes: u64,
+    /// Entries members' cores read back from their logs after releasing them (to send, or
+    /// for the checks).
+    pub entries_read_back: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -232,7 +238,8 @@ struct SimNode {
     /// The member's disk: the real write-ahead log code on a simulated file system that
     /// loses, tears or garbles unsynced bytes on a crash.
     file_system: SimulatedFileSystem,
-    storage: Option<SimulatedStorage>,
+    /// Shared with the core, which reads released entries back from it (see `LogSource`).
+    storage: Option<Arc<Mutex<SimulatedStorage>>>,
     /// The newest hard state a sync returned for; recovery must never go behind it.
     synced_hard_state: HardState,
     /// What the member's disk holds for sure: its snapshot (index, term) and the term of
@@ -302,6 +309,11 @@ pub struct World {
     snapshot_every: u64,
     /// Entries kept in the log behind each snapshot (`compact_keeping`).
     catchup_entries: u64,
+    /// Applied entries each member's core keeps in memory; older ones are released and read
+    /// back from the member's log (`release_applied_entries`). `None`: nothing is released.
+    kept_entries: Option<u64>,
+    /// Entries read back through every `LogSource` of the run.
+    entries_read_back: Arc<AtomicU64>,
     // checkers
     leaders_by_term: BTreeMap<u64, NodeId>,
     committed: Vec<(u64, u64)>,
@@ -424,6 +436,8 @@ impl World {
         let rolling_leader_isolation = rng.chance(1, 4);
         // From the seed, not the generator, so every other choice of a seed stays as it was.
         let catchup_entries = [0, 0, 5, 30][(options.seed.rotate_right(17) % 4) as usize];
+        let kept_entries = [Some(0), Some(0), Some(3), Some(40), None]
+            [(options.seed.rotate_right(29) % 5) as usize];
         let mut world = World {
             options,
             rng,
@@ -447,6 +461,8 @@ impl World {
             isolate_new_leader_percent,
             snapshot_every,
             catchup_entries,
+            kept_entries,
+            entries_read_back: Arc::default(),
             rolling_leader_isolation,
             rolling_victim: None,
             leaders_by_term: BTreeMap::new(),
@@ -458,7 +474,7 @@ impl World {
             trace_tail: VecDeque::new(),
         };
         world.trace(format!(
-            "setup nodes={size} spares={spares} churn={churn} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}% snapshot_every={} catchup_entries={}",
+            "setup nodes={size} spares={spares} churn={churn} clients={client_count} keys={} pre_vote={} check_quorum={} read_mode={:?} inflight={} message_bytes={} uncommitted={} log_reads={}% isolate_new_leaders={}% snapshot_every={} catchup_entries={} kept_entries={:?}",
             world.keys.len(),
             world.config.pre_vote,
             world.config.check_quorum,
@@ -470,6 +486,7 @@ impl World {
             world.isolate_new_leader_percent,
             world.snapshot_every,
             world.catchup_entries,
+            world.kept_entries,
         ));
         world.stats.churn = churn as u64;
         let ids: Vec<NodeId> = world.nodes.keys().copied().collect();
@@ -594,7 +611,8 @@ impl World {
             }
             applied = meta.index;
         }
-        node.storage = Some(storage);
+        let storage = Arc::new(Mutex::new(storage));
+        node.storage = Some(storage.clone());
         let initial = InitialState {
             hard_state: recovered.hard_state,
             snapshot: recovered.snapshot,
@@ -602,7 +620,15 @@ impl World {
             membership: self.membership.clone(),
             applied,
         };
-        node.raw = Some(RawNode::new(config, initial).expect("valid config"));
+        let mut raw = RawNode::new(config, initial).expect("valid config");
+        if let Some(keep) = self.kept_entries {
+            let source = LogSource {
+                storage,
+                read_back: self.entries_read_back.clone(),
+            };
+            raw.release_applied_entries(Arc::new(source), keep);
+        }
+        node.raw = Some(raw);
         node.kv = kv;
         node.applied_index = applied;
         node.snapshot_index = applied;
@@ -632,7 +658,8 @@ impl World {
         node.waiting_reads.clear();
         // Writes the member had issued but not synced reach the page cache; the crash then
         // keeps, drops, tears or garbles those unsynced bytes.
-        let mut storage = node.storage.take().expect("up");
+        let storage = node.storage.take().expect("up");
+        let mut storage = lock(&storage);
         let unsynced = node.disk.len();
         for write in node.disk.drain(..) {
             if write_to(&mut storage, &write, true).is_err() {
@@ -784,8 +811,8 @@ impl World {
                 }
                 continue;
             }
-            match raw.entry(index) {
-                Some(entry) if entry.term == *entry_term && entry_hash(entry) == *hash => {}
+            match self.nodes[&id].log_entry(index) {
+                Some(entry) if entry.term == *entry_term && entry_hash(&entry) == *hash => {}
                 other => {
                     let detail = format!(
                         "leader n{id} of term {term} lacks committed entry {index} (term {entry_term}); has {:?}",
@@ -852,7 +879,7 @@ impl World {
                 .expect("the applied index is not compacted"),
         };
         let data = node.kv.encode();
-        let storage = node.storage.as_mut().expect("up");
+        let mut storage = lock(node.storage.as_ref().expect("up"));
         let stored = storage.begin_snapshot(meta.clone()).and_then(|mut writer| {
             writer.write_all(&data).map_err(|error| {
                 skiff_storage::StorageError::from_io("write", "snapshot", error)
@@ -861,6 +888,7 @@ impl World {
         });
         let keep = self.catchup_entries;
         let compacted = stored.and_then(|()| storage.compact(index.saturating_sub(keep)));
+        drop(storage);
         if let Err(error) = compacted {
             self.violate("storage", format!("n{id} snapshot failed: {error}"));
             return;
@@ -1001,7 +1029,7 @@ impl World {
                 .storage
                 .as_ref()
                 .ok_or_else(|| "sender is down".to_string())
-                .and_then(|storage| read_snapshot_bytes(storage, meta));
+                .and_then(|storage| read_snapshot_bytes(&lock(storage), meta));
             match stored {
                 Ok(bytes) => *data = bytes,
                 Err(detail) => {
@@ -1353,8 +1381,9 @@ impl World {
                 return;
             }
         }
-        let storage = node.storage.as_mut().expect("up");
-        let synced = write_to(storage, &write, false).and_then(|()| storage.sync());
+        let mut storage = lock(node.storage.as_ref().expect("up"));
+        let synced = write_to(&mut storage, &write, false).and_then(|()| storage.sync());
+        drop(storage);
         if let Err(error) = synced {
             self.violate("storage", format!("n{id} write failed: {error}"));
             return;
@@ -1378,8 +1407,37 @@ impl World {
 
     /// Figures of the run so far.
     pub fn stats(&self) -> RunStats {
-        self.stats.clone()
+        RunStats {
+            entries_read_back: self.entries_read_back.load(Ordering::Relaxed),
+            ..self.stats.clone()
+        }
     }
+}
+
+/// A member's own log as its core's [`EntrySource`]: what the core released, it reads back
+/// from the simulated disk, through the same code as a server's log.
+struct LogSource {
+    storage: Arc<Mutex<SimulatedStorage>>,
+    read_back: Arc<AtomicU64>,
+}
+
+impl EntrySource for LogSource {
+    fn entries(&self, low: u64, high: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        match lock(&self.storage).entries(low, high, max_bytes) {
+            Ok(entries) => {
+                self.read_back
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                Some(entries)
+            }
+            Err(StorageError::Compacted { .. }) => None,
+            // The core asks only for entries it persisted and has not compacted.
+            Err(error) => panic!("reading entries {low}..{high} back failed: {error}"),
+        }
+    }
+}
+
+fn lock(storage: &Mutex<SimulatedStorage>) -> MutexGuard<'_, SimulatedStorage> {
+    storage.lock().expect("storage lock")
 }
 
 /// Hands one Ready's writes to the store (buffered until the next sync). A snapshot is

@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use skiff_raft::{Entry, HardState, Message, SnapshotMeta};
+use skiff_raft::{Entry, EntrySource, HardState, Message, SnapshotMeta};
 use skiff_storage::snapshot::FileSnapshotWriter;
 use skiff_storage::{FileStorage, OsFileSystem, Storage, StorageError};
 
@@ -301,6 +301,38 @@ impl DiskWriter {
             let _ = self.internal.send(Internal::Compacted { meta });
         }
         Ok(())
+    }
+}
+
+/// The log store as the core's [`EntrySource`]: the core keeps only its last applied
+/// entries in memory (see `NodeOptions::kept_entries`), and reads older ones back from here,
+/// from the store's cache of recent entries or its segment files, to send them to a member
+/// that lags behind. It takes the log writer's lock, so a read waits for a write in
+/// progress; reads are rare (a follower that fell far behind, a new leader's catch-up).
+pub(crate) struct WalSource {
+    writer: Arc<Mutex<DiskWriter>>,
+}
+
+impl WalSource {
+    pub(crate) fn new(writer: Arc<Mutex<DiskWriter>>) -> WalSource {
+        WalSource { writer }
+    }
+}
+
+impl EntrySource for WalSource {
+    fn entries(&self, low: u64, high: u64, max_bytes: u64) -> Option<Vec<Entry>> {
+        // A poisoned lock means the writer thread panicked; the member is stopping.
+        let mut writer = self.writer.lock().ok()?;
+        match writer.storage.entries(low, high, max_bytes) {
+            Ok(entries) => Some(entries),
+            // Compacted for a snapshot the event loop has not heard of yet.
+            Err(StorageError::Compacted { .. }) => None,
+            Err(error) => {
+                // The member's own disk failed (or its log is damaged): stop, as on a write.
+                writer.fail(&error);
+                None
+            }
+        }
     }
 }
 

@@ -72,6 +72,9 @@ impl PeerDirectory for FixedPeers {
 /// Why a member stopped when the cluster removed it (a normal end, not a failure).
 pub const REMOVED: &str = "this member was removed from the cluster";
 
+/// Applied entries the core keeps in memory by default ([`NodeOptions::kept_entries`]).
+pub const KEPT_ENTRIES: u64 = 4096;
+
 /// Everything a member needs to start, already resolved from flags and the data directory.
 pub struct NodeOptions {
     /// This member.
@@ -98,10 +101,17 @@ pub struct NodeOptions {
     /// Applied entries between snapshots (`--snapshot-count`; 0 disables snapshots).
     pub snapshot_count: u64,
     /// Bytes of entry payloads applied since the last snapshot that also trigger one (the
-    /// core holds those entries in memory until a snapshot compacts them).
+    /// log store keeps those entries on disk until a snapshot compacts them).
     pub snapshot_log_bytes: u64,
     /// Entries kept in the log behind each snapshot (`--snapshot-catchup-entries`).
     pub snapshot_catchup_entries: u64,
+    /// Applied entries the core keeps in memory ([`KEPT_ENTRIES`] in a server). It releases
+    /// older ones and reads them back from the log store when a lagging member needs them
+    /// (see `disk::WalSource`). Otherwise the core would hold every entry since the last
+    /// snapshot: up to `--snapshot-count` of them, most of a member's memory under load. A
+    /// follower this close behind is served from memory; the log store's cache of recent
+    /// entries covers the next few megabytes.
+    pub kept_entries: u64,
     /// The state machine's limits (shared by every member).
     pub kv_config: KvConfig,
     /// Where the store keeps its values in a scratch file (see `values`); `None` keeps them in
@@ -327,7 +337,8 @@ impl Node {
             membership: membership.clone(),
             applied,
         };
-        let raw = skiff_raft::RawNode::new(config, initial).map_err(|error| error.to_string())?;
+        let mut raw =
+            skiff_raft::RawNode::new(config, initial).map_err(|error| error.to_string())?;
 
         let (events_tx, events_rx) = mpsc::channel(16 * 1024);
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -381,6 +392,8 @@ impl Node {
                 Arc::new(move |elapsed| metrics.wal_fsync_duration.observe(elapsed))
             },
         }));
+        let source = Arc::new(disk::WalSource::new(writer.clone()));
+        raw.release_applied_entries(source, options.kept_entries);
         let disk_queue = disk::DiskQueue::new(disk_tx.clone(), writer.clone());
         let log_thread = std::thread::Builder::new()
             .name("skiff-log".into())

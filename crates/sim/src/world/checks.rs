@@ -3,6 +3,21 @@
 
 use super::*;
 
+impl SimNode {
+    /// The entry at `index` in this member's log: held by its core, or released by it and
+    /// read from its disk here (not through its `LogSource`, so that the run's read-back
+    /// count is the core's own). `None` if down, compacted or beyond the log.
+    pub(super) fn log_entry(&self, index: u64) -> Option<Entry> {
+        let raw = self.raw.as_ref()?;
+        if let Some(entry) = raw.entry(index) {
+            return Some(entry.clone());
+        }
+        raw.term_of(index)?;
+        let storage = self.storage.as_ref()?;
+        lock(storage).entries(index, index + 1, 0).ok()?.pop()
+    }
+}
+
 impl World {
     pub(super) fn check_node(&mut self, id: NodeId) {
         let node = &self.nodes[&id];
@@ -23,8 +38,8 @@ impl World {
         // Entries this member has compacted were checked when it applied them.
         let from = node.checked_commit.max(status.first_index - 1);
         for index in from + 1..=status.commit {
-            let entry = raw.entry(index).expect("committed entry is held");
-            let hash = entry_hash(entry);
+            let entry = node.log_entry(index).expect("committed entry is held");
+            let hash = entry_hash(&entry);
             match self.committed.get(index as usize - 1) {
                 Some((term, known)) if *term == entry.term && *known == hash => {}
                 Some((term, _)) => {
@@ -59,7 +74,7 @@ impl World {
             // One membership change at a time: a leader's log holds at most one
             // configuration entry that is not committed.
             let earlier = (status.commit + 1..status.membership_index).find(|index| {
-                raw.entry(*index)
+                node.log_entry(*index)
                     .is_some_and(|entry| entry.kind == EntryKind::ConfigChange)
             });
             if let Some(earlier) = earlier {
@@ -141,8 +156,8 @@ impl World {
                     node.id,
                     (status.first_index..=status.last_index)
                         .map(|index| {
-                            let entry = raw.entry(index).expect("held");
-                            (index, (entry.term, entry_hash(entry)))
+                            let entry = node.log_entry(index).expect("held");
+                            (index, (entry.term, entry_hash(&entry)))
                         })
                         .collect(),
                 ))
@@ -179,12 +194,13 @@ impl World {
             let Some(leader) = self.current_leader() else {
                 break;
             };
-            let raw = self.nodes[&leader].raw.as_ref().expect("up");
+            let node = &self.nodes[&leader];
+            let raw = node.raw.as_ref().expect("up");
             if index < raw.status().first_index {
                 continue; // inside the leader's snapshot, which holds only committed state
             }
-            let command = raw
-                .entry(index)
+            let command = node
+                .log_entry(index)
                 .and_then(|entry| Command::decode(&entry.data));
             match command {
                 Some(command) if command.client == client as u64 && command.seq == seq => {}
