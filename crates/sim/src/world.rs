@@ -316,7 +316,11 @@ pub struct World {
     entries_read_back: Arc<AtomicU64>,
     // checkers
     leaders_by_term: BTreeMap<u64, NodeId>,
+    /// `(term, hash)` of every committed entry, by index (from 1).
     committed: Vec<(u64, u64)>,
+    /// The term in which each entry of `committed` was first seen committed: the term of
+    /// the member that first held it as committed (the leader that committed it).
+    commit_terms: Vec<u64>,
     acknowledged: BTreeMap<u64, (usize, u64)>,
     history: Vec<HistoryOp>,
     violation: Option<Violation>,
@@ -467,6 +471,7 @@ impl World {
             rolling_victim: None,
             leaders_by_term: BTreeMap::new(),
             committed: Vec::new(),
+            commit_terms: Vec::new(),
             acknowledged: BTreeMap::new(),
             history: Vec::new(),
             violation: None,
@@ -792,11 +797,17 @@ impl World {
                 return;
             }
         }
-        // Leader completeness: the new leader holds every committed entry.
+        // Leader completeness: the new leader holds every entry committed in an earlier term.
+        // (A leader of an older term may win after a newer one committed more: a vote
+        // granted long ago can arrive late. It can commit nothing, since a quorum has moved
+        // on to the newer term.)
         let raw = self.nodes[&id].raw.as_ref().expect("up");
         let compacted = raw.status().first_index - 1;
         for (offset, (entry_term, hash)) in self.committed.iter().enumerate() {
             let index = offset as u64 + 1;
+            if self.commit_terms[offset] >= term {
+                continue;
+            }
             if index < compacted {
                 continue; // covered by the snapshot, whose own entry is checked next
             }
@@ -924,6 +935,8 @@ impl World {
                 None => {
                     if self.committed.len() as u64 + 1 == entry.index {
                         self.committed.push((entry.term, entry_hash(&entry)));
+                        let term = node.raw.as_ref().map_or(0, |raw| raw.status().term);
+                        self.commit_terms.push(term);
                     } else {
                         let detail = format!(
                             "n{id} applies entry {} beyond the known commit",

@@ -63,6 +63,8 @@ impl World {
             return;
         }
         let advanced = !new_committed.is_empty();
+        self.commit_terms
+            .extend(std::iter::repeat_n(status.term, new_committed.len()));
         self.committed.extend(new_committed);
         if advanced {
             if let Some(detail) = self.electable_without_committed() {
