@@ -1064,10 +1064,15 @@ impl RawNode {
             {
                 if !self.membership.is_voter(message.from)
                     && !self.log.is_up_to_date(last_log_index, last_log_term)
+                    && self.leader.is_some()
                 {
                     // A member removed without learning it campaigns with an old log:
-                    // refuse without adopting its term, so it cannot depose anyone
-                    // (a refusal needs no term change; a grant would).
+                    // refuse without adopting its term, so it cannot depose the leader
+                    // this member follows or is (a refusal needs no term change; a grant
+                    // would). Without a leader there is nobody to depose, and the term is
+                    // adopted as usual: otherwise a member that still counts the removed
+                    // one as a voter keeps moving to its terms, and this member's
+                    // campaigns, always a term behind, never get that member's vote.
                     self.send(
                         message.from,
                         MessageBody::RequestVoteResponse {

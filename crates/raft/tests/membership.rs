@@ -656,3 +656,64 @@ fn the_application_context_rides_with_the_joint_entry_and_the_entry_that_leaves_
         set(&[1, 2, 3, 4, 5])
     );
 }
+
+#[test]
+fn a_member_without_a_leader_takes_the_term_of_a_removed_member_it_refuses() {
+    // Found by the simulator (membership churn, no pre-vote): member 3 held the entry that
+    // removed it but not its commit, so it kept campaigning; a member that had missed the
+    // removal granted it every vote. The only member that could win refused 3 without
+    // adopting its terms, so each of its own campaigns came a term behind 3's, found the
+    // other voter already voted, and no leader was elected for good. Refusing without
+    // adopting the term protects a leader from being deposed; without one, the term is
+    // taken as usual.
+    let mut cluster = cluster_with_spares(3, &[], |config| Config {
+        pre_vote: false,
+        ..config
+    });
+    cluster.propose_membership(1, [Remove(3)]).unwrap();
+    cluster.stabilize();
+    assert_eq!(cluster.node(1).membership(), &Membership::new([1, 2]));
+    let vote_request = |term| Message {
+        from: 3,
+        to: 1,
+        term,
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            last_log_index: 1,
+            last_log_term: 1,
+            leadership_transfer: false,
+        },
+    };
+    let refusals_to_3 = |cluster: &Cluster| {
+        cluster.any_queued(|message| {
+            message.to == 3
+                && matches!(
+                    message.body,
+                    MessageBody::RequestVoteResponse { granted: false, .. }
+                )
+        })
+    };
+    // While it leads, member 1 keeps its term.
+    cluster.node_mut(1).step(vote_request(7));
+    cluster.process(1);
+    assert_eq!(cluster.node(1).status().term, 1);
+    assert_eq!(cluster.leader(), Some(1));
+    cluster.drop_messages(|message| message.to == 3);
+    // Cut off from 2, it steps down (check-quorum) and has no leader.
+    cluster.isolate(2);
+    for _ in 0..3 * ELECTION_TICKS {
+        cluster.tick(1);
+        cluster.stabilize();
+    }
+    let status = cluster.node(1).status();
+    assert_eq!((status.role, status.leader), (Role::Follower, None));
+    let term = status.term;
+    cluster.node_mut(1).step(vote_request(term + 5));
+    cluster.process(1);
+    assert!(refusals_to_3(&cluster));
+    assert_eq!(
+        cluster.node(1).status().term,
+        term + 5,
+        "the term is adopted"
+    );
+}
