@@ -235,7 +235,7 @@ fn append_version(
     }
     *stored_bytes += version.size_bytes(key.as_slice());
     versions.push(version);
-    revisions.push(revision, key);
+    revisions.push(revision, &key);
 }
 
 /// Takes `key` out of its lease's key set (`lease` 0: none).
@@ -520,7 +520,7 @@ impl Store {
                 );
                 assert_eq!(
                     self.revisions.get(version.revision),
-                    Some(key),
+                    Some(key.as_slice()),
                     "revision index"
                 );
                 if version.is_tombstone() {
@@ -1265,8 +1265,7 @@ impl Store {
             sub: i64::MAX,
         };
         for (stored, key) in self.revisions.through(upper) {
-            let version = self.version(key.as_slice(), *stored);
-            let key = key.as_slice();
+            let version = self.version(key, stored);
             crc.update(&stored.main.to_be_bytes());
             crc.update(&stored.sub.to_be_bytes());
             crc.update(&(key.len() as u64).to_be_bytes());
@@ -1340,8 +1339,8 @@ impl Store {
                 break;
             }
             last_main = Some(revision.main);
-            if range.contains(stored_key.as_slice()) {
-                events.push(self.event_at(stored_key, *revision));
+            if range.contains(stored_key) {
+                events.push(self.event_at(stored_key, revision));
             }
         }
         next_revision = next_revision.max(start.main);
@@ -1351,10 +1350,10 @@ impl Store {
         }
     }
 
-    fn event_at(&self, key: &Key, revision: Revision) -> Event {
-        let versions = self
+    fn event_at(&self, key: &[u8], revision: Revision) -> Event {
+        let (key, versions) = self
             .keys
-            .get(key.as_slice())
+            .get_key_value(key)
             .expect("the revision index names stored keys");
         let index = versions
             .find(revision)
