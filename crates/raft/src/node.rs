@@ -577,7 +577,8 @@ impl RawNode {
         if index <= self.log.snapshot_index() || index > self.log.last_index() {
             return None;
         }
-        self.log.fetch(self.source(), index, index + 1, 0)?.pop()
+        let fetched = self.log.fetch(self.source(), index, index + 1, 0)?;
+        fetched.into_iter().next()
     }
 
     fn source(&self) -> Option<&dyn EntrySource> {
