@@ -42,7 +42,10 @@ impl Chunk {
     }
 
     fn revision(&self, at: usize) -> Revision {
-        let (offset, sub) = self.revisions[at];
+        self.unpack(self.revisions[at])
+    }
+
+    fn unpack(&self, (offset, sub): (u32, u32)) -> Revision {
         Revision {
             main: self.base + offset as i64,
             sub: sub as i64,
@@ -50,16 +53,17 @@ impl Chunk {
     }
 
     fn key(&self, at: usize) -> &[u8] {
-        let end = self.ends[at];
-        if end & LONG != 0 {
-            return &self.long[(end & !LONG) as usize];
-        }
-        let start = self.ends[..at]
+        entries(self, at).next().expect("an entry at `at`").1
+    }
+
+    /// Where the short key at `at`, if it is one, starts in `bytes`: where the last short key
+    /// before it ended.
+    fn start_of(&self, at: usize) -> usize {
+        self.ends[..at]
             .iter()
             .rev()
             .find(|end| *end & LONG == 0)
-            .map_or(0, |end| *end as usize);
-        &self.bytes[start..end as usize]
+            .map_or(0, |end| *end as usize)
     }
 
     /// Whether `revision` can follow this chunk's entries in it.
@@ -213,16 +217,9 @@ impl RevisionIndex {
             .chunks
             .partition_point(|chunk| chunk.revision(chunk.len() - 1) < revision);
         let at = self.chunks.get(chunk).map_or(0, |chunk| {
-            let (mut low, mut high) = (0, chunk.len());
-            while low < high {
-                let middle = low + (high - low) / 2;
-                if chunk.revision(middle) < revision {
-                    low = middle + 1;
-                } else {
-                    high = middle;
-                }
-            }
-            low
+            chunk
+                .revisions
+                .partition_point(|packed| chunk.unpack(*packed) < revision)
         });
         (chunk, at)
     }
@@ -230,11 +227,7 @@ impl RevisionIndex {
 
 /// A chunk's entries from `from` on, with each short key's start carried along.
 fn entries(chunk: &Chunk, from: usize) -> impl Iterator<Item = (Revision, &[u8])> + '_ {
-    let mut start = chunk.ends[..from]
-        .iter()
-        .rev()
-        .find(|end| *end & LONG == 0)
-        .map_or(0, |end| *end as usize);
+    let mut start = chunk.start_of(from);
     (from..chunk.len()).map(move |at| {
         let end = chunk.ends[at];
         let key: &[u8] = if end & LONG != 0 {

@@ -203,21 +203,24 @@ impl RaftLog {
     /// Entries in `[low, high)` (clamped to the range held in memory), stopping once
     /// `max_bytes` is reached but always including at least one entry if any is available.
     pub fn slice(&self, low: u64, high: u64, max_bytes: u64) -> Vec<Entry> {
-        let low = low.max(self.released + 1);
-        let high = high.min(self.last_index() + 1);
         let mut out = Vec::new();
-        let mut bytes = 0u64;
-        let mut index = low;
-        while index < high {
+        self.extend_held(&mut out, low, high, max_bytes);
+        out
+    }
+
+    /// Appends held entries from `low` (clamped to the held range) up to `high` to `out`,
+    /// while `out`'s entries fit in `max_bytes`; an empty `out` takes at least one.
+    fn extend_held(&self, out: &mut Vec<Entry>, low: u64, high: u64, max_bytes: u64) {
+        let mut bytes: u64 = out.iter().map(Entry::size_bytes).sum();
+        let high = high.min(self.last_index() + 1);
+        for index in low.max(self.released + 1)..high {
             let entry = self.entry(index).expect("index within held range");
             bytes += entry.size_bytes();
             if !out.is_empty() && bytes > max_bytes {
                 break;
             }
             out.push(entry.clone());
-            index += 1;
         }
-        out
     }
 
     /// Entries in `[low, high)` like [`RaftLog::slice`], but from `low` on even if released:
@@ -251,19 +254,10 @@ impl RaftLog {
                 .map(|entry| (entry.index, entry.term))
                 .collect::<Vec<_>>()
         );
-        let mut bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
         // Held entries follow only if the source gave every released one asked for.
-        let mut index = low + entries.len() as u64;
-        if index == self.released + 1 {
-            while index < high {
-                let entry = self.entry(index).expect("index within held range");
-                bytes += entry.size_bytes();
-                if bytes > max_bytes {
-                    break;
-                }
-                entries.push(entry.clone());
-                index += 1;
-            }
+        let next = low + entries.len() as u64;
+        if next == self.released + 1 {
+            self.extend_held(&mut entries, next, high, max_bytes);
         }
         Some(entries)
     }

@@ -223,6 +223,16 @@ impl TestCluster {
         node.stopped().await.expect("clean stop");
     }
 
+    /// Snapshots member `id` has received from a leader.
+    fn snapshots_received(&self, id: NodeId) -> u64 {
+        let inbox = self.net.inboxes.lock().unwrap()[&id].clone();
+        let received = inbox
+            .stats()
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed);
+        received
+    }
+
     fn handle(&self, id: NodeId) -> NodeHandle {
         self.nodes[&id].handle()
     }
@@ -366,13 +376,8 @@ async fn a_restarted_member_recovers_its_state_from_disk_and_snapshots() {
     let value = get_linearizable(&handle, "key9").await.unwrap();
     assert_eq!(value.as_deref(), Some("199"));
     // The entries it missed were compacted: it caught up through a streamed snapshot.
-    let inbox = cluster.net.inboxes.lock().unwrap()[&victim].clone();
     assert!(
-        inbox
-            .stats()
-            .received
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1,
+        cluster.snapshots_received(victim) >= 1,
         "no snapshot was received"
     );
     let revision = handle.read(|store| store.current_revision());
@@ -434,12 +439,11 @@ async fn a_member_that_fell_behind_gets_released_entries_from_the_leaders_log() 
         assert!(Instant::now() < deadline, "the member never caught up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let inbox = cluster.net.inboxes.lock().unwrap()[&victim].clone();
-    let snapshots = inbox
-        .stats()
-        .received
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(snapshots, 0, "caught up from entries, not a snapshot");
+    assert_eq!(
+        cluster.snapshots_received(victim),
+        0,
+        "caught up from entries, not a snapshot"
+    );
     let hashes: Vec<u32> = cluster
         .ids
         .iter()
