@@ -4,16 +4,102 @@
 //!
 //! Run with `cargo bench -p skiff-kv --bench apply`. Optional arguments: `--puts N` (default
 //! 300,000), `--key-space N` (default 100,000), `--key-size N` (default 8, bytes),
-//! `--value-size N` (default 256, bytes) and `--held 1` (values in the heap instead of a value
-//! log). The value log here is a `VecValueLog` (a vector); a member's is a file, whose reads
-//! are system calls.
+//! `--value-size N` (default 256, bytes). The value log here is a file in the temporary
+//! directory, as a member's is.
+//!
+//! After the puts it prints the heap the store holds (counted by this program's allocator),
+//! per put and per key: the figure to watch when changing how the store lays out its versions.
 //!
 //! This is a figure to compare runs with, not a test: it asserts nothing about speed.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use skiff_kv::{Command, KvConfig, Operation, PutRequest, RangeRequest, Store};
+use skiff_kv::{Command, KvConfig, Operation, PutRequest, RangeRequest, Store, ValueLog};
+
+/// The system allocator, counting the bytes allocated and not yet freed.
+struct Counting;
+
+static HELD_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call goes to the system allocator unchanged; the counter is only arithmetic.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        HELD_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.dealloc(pointer, layout)
+    }
+
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        HELD_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.realloc(pointer, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// A value log in an unlinked temporary file, as a member keeps its values outside the heap.
+#[derive(Debug)]
+struct FileLog {
+    file: File,
+    len: Mutex<u64>,
+}
+
+impl FileLog {
+    fn new() -> FileLog {
+        let path = std::env::temp_dir().join(format!("skiff-kv-bench-{}", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("creating the bench's value log");
+        std::fs::remove_file(&path).expect("unlinking the bench's value log");
+        FileLog {
+            file,
+            len: Mutex::new(0),
+        }
+    }
+}
+
+impl ValueLog for FileLog {
+    fn append(&self, bytes: &[u8]) -> u64 {
+        let mut len = self.len.lock().expect("log lock");
+        let offset = *len;
+        self.file
+            .write_all_at(bytes, offset)
+            .expect("value log write");
+        *len += bytes.len() as u64;
+        offset
+    }
+
+    fn read(&self, offset: u64, len: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + len, 0);
+        self.file
+            .read_exact_at(&mut out[start..], offset)
+            .expect("value log read");
+    }
+
+    fn len(&self) -> u64 {
+        *self.len.lock().expect("log lock")
+    }
+
+    fn fresh(&self) -> Arc<dyn ValueLog> {
+        Arc::new(FileLog::new())
+    }
+}
 
 fn argument(name: &str, default: usize) -> usize {
     let arguments: Vec<String> = std::env::args().collect();
@@ -60,9 +146,7 @@ fn main() {
     let key_size = argument("--key-size", 8);
     let value = Bytes::from(vec![b'v'; argument("--value-size", 256)]);
     let mut store = Store::new(KvConfig::default()).expect("default config");
-    if argument("--held", 0) == 0 {
-        store.set_value_log(std::sync::Arc::new(skiff_kv::VecValueLog::default()));
-    }
+    store.set_value_log(Arc::new(FileLog::new()));
     let mut draw = Draw(0x2545_f491_4f6c_dd1d);
     let commands: Vec<Command> = (0..puts)
         .map(|_| {
@@ -73,6 +157,7 @@ fn main() {
             }))
         })
         .collect();
+    let before = HELD_BYTES.load(Ordering::Relaxed);
     let started = Instant::now();
     for (index, command) in commands.iter().enumerate() {
         store.apply_quietly(index as u64 + 1, command);
@@ -82,6 +167,21 @@ fn main() {
         puts,
         "put",
         started,
+    );
+    let held = HELD_BYTES.load(Ordering::Relaxed) - before;
+    let keys = store
+        .range(&RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            count_only: true,
+            ..RangeRequest::default()
+        })
+        .expect("a valid range")
+        .count;
+    println!(
+        "store heap: {:.1} MiB after the puts, {:.1} bytes per put, {keys} keys",
+        held as f64 / (1 << 20) as f64,
+        held as f64 / puts as f64
     );
     let reads = puts;
     let requests: Vec<RangeRequest> = (0..reads)

@@ -104,8 +104,8 @@ fn put_version_record(out: &mut Vec<u8>, key: &[u8], version: &StoredVersion, va
     version.create_revision.put(out);
     version.revision.main.put(out);
     version.version.put(out);
-    put_varint(out, version.value.len() as u64);
-    values.append_to(&version.value, out);
+    put_varint(out, u64::from(version.value.len));
+    values.append_to(version.value, out);
     version.lease.put(out);
 }
 
@@ -353,7 +353,13 @@ impl Store {
                 None => StoredVersion::tombstone(revision),
             };
             store.stored_bytes += version.size_bytes(&key);
-            store.keys.entry(stored_key).or_default().push(version);
+            let versions = store.keys.entry(stored_key).or_default();
+            // A key's create revisions and versions follow from its first one (see `history`).
+            corrupt(
+                versions.follows(&version),
+                "version fields do not follow the key's history",
+            )?;
+            versions.push(version);
             previous = Some((key, revision));
         }
         store.revisions = RevisionIndex::from_unsorted(indexed)
@@ -449,7 +455,7 @@ fn write_snapshot<'a, W: Write>(
     for (key, versions) in keys {
         let key: &[u8] = key.borrow();
         for version in versions.iter() {
-            out.write_encoded(|record| put_version_record(record, key, version, values))?;
+            out.write_encoded(|record| put_version_record(record, key, &version, values))?;
         }
     }
     for lease in leases {
@@ -468,41 +474,30 @@ fn write_snapshot<'a, W: Write>(
 mod tests {
     use super::*;
 
-    use crate::values::{Value, VecValueLog};
-
     /// The records the writer encodes in place are the ones `VersionRecord` encodes (and
-    /// restore decodes), whether the value is held or in a value log.
+    /// restore decodes), for live versions and tombstones.
     #[test]
     fn versions_are_written_as_version_records() {
-        let held = Values::default();
-        let mut logged = Values::default();
-        logged.start_log(Arc::new(VecValueLog::default()));
-        logged.keep(Bytes::from_static(b"an earlier value"));
-        let live = |value: Value| StoredVersion {
+        let mut values = Values::default();
+        values.keep(b"an earlier value");
+        let live = StoredVersion {
             revision: Revision { main: 300, sub: 2 },
             create_revision: 7,
             version: 5,
             lease: -9,
-            value,
+            value: values.keep(b"a value"),
         };
-        let held_version = live(Value::held(Bytes::from_static(b"a value")));
-        let logged_version = live(logged.keep(Bytes::from_static(b"a value")));
-        assert!(matches!(logged_version.value, Value::Logged { .. }));
         let tombstone = StoredVersion::tombstone(Revision { main: 301, sub: 0 });
         for key in [&b"k"[..], b"", b"a key longer than the store keeps inline"] {
-            for (version, values) in [
-                (&held_version, &held),
-                (&logged_version, &logged),
-                (&tombstone, &held),
-            ] {
+            for version in [&live, &tombstone] {
                 let mut direct = Vec::new();
-                put_version_record(&mut direct, key, version, values);
+                put_version_record(&mut direct, key, version, &values);
                 let name = Bytes::copy_from_slice(key);
                 let record = VersionRecord {
                     key: name.clone(),
                     main: version.revision.main,
                     sub: version.revision.sub,
-                    kv: (!version.is_tombstone()).then(|| version.kv_named(name, Some(values))),
+                    kv: (!version.is_tombstone()).then(|| version.kv_named(name, Some(&values))),
                 };
                 if let Some(kv) = &record.kv {
                     assert_eq!(&kv.value[..], b"a value");

@@ -38,9 +38,10 @@ pub(crate) struct Revision {
 }
 
 /// One stored version of a key, without the key (the map holds it once for all versions) or
-/// the mod revision (it is `revision.main`): 56 bytes instead of a [`KeyValue`]'s 96 plus the
-/// key's own allocation. The value may be in the store's value log (see `values`). `version == 0` marks a tombstone (a live version's is at least 1).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// the mod revision (it is `revision.main`); its value is in the store's value log (see
+/// `values`). `version == 0` marks a tombstone (a live version's is at least 1). Histories
+/// keep versions in a smaller form and give them out as this (see `history`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StoredVersion {
     pub(crate) revision: Revision,
     pub(crate) create_revision: i64,
@@ -66,7 +67,7 @@ impl StoredVersion {
             create_revision: kv.create_revision,
             version: kv.version,
             lease: kv.lease,
-            value: values.keep(kv.value.clone()),
+            value: values.keep(&kv.value),
         }
     }
 
@@ -77,7 +78,7 @@ impl StoredVersion {
             create_revision: 0,
             version: 0,
             lease: 0,
-            value: Value::Empty,
+            value: Value::default(),
         }
     }
 
@@ -100,7 +101,7 @@ impl StoredVersion {
             create_revision: self.create_revision,
             mod_revision: self.revision.main,
             version: self.version,
-            value: values.map_or_else(Bytes::new, |values| values.bytes(&self.value)),
+            value: values.map_or_else(Bytes::new, |values| values.bytes(self.value)),
             lease: self.lease,
         }
     }
@@ -108,7 +109,7 @@ impl StoredVersion {
     /// What a version costs, approximately: its key and value plus a fixed overhead.
     pub(crate) fn size_bytes(&self, key: &[u8]) -> u64 {
         const OVERHEAD_BYTES: u64 = 64;
-        OVERHEAD_BYTES + key.len() as u64 + self.value.len() as u64
+        OVERHEAD_BYTES + key.len() as u64 + u64::from(self.value.len)
     }
 }
 
@@ -253,10 +254,12 @@ fn latest(key: &Key, versions: &History, values: Option<&Values>) -> Option<KeyV
 }
 
 /// The live version a read at `revision` sees, if any.
-fn visible_at(versions: &History, revision: i64) -> Option<&StoredVersion> {
-    let end = versions.partition_point(|version| version.revision.main <= revision);
+fn visible_at(versions: &History, revision: i64) -> Option<StoredVersion> {
+    let end = versions.partition_point(|stored| stored.main <= revision);
     let index = end.checked_sub(1)?;
-    Some(&versions[index]).filter(|version| !version.is_tombstone())
+    versions
+        .get(index)
+        .filter(|version| !version.is_tombstone())
 }
 
 fn compare_kv(kv: &KeyValue, compare: &Compare) -> bool {
@@ -375,31 +378,26 @@ impl Store {
         })
     }
 
-    /// Keeps every value (the ones held now and every later one) in `log` instead of the heap
-    /// (see [`ValueLog`]). `log` must be empty and used by no other store.
+    /// Keeps every value (the ones stored now and every later one) in `log` instead of the
+    /// store's current log (at first, one in memory; see [`ValueLog`]). `log` must be empty
+    /// and used by no other store.
     pub fn set_value_log(&mut self, log: Arc<dyn ValueLog>) {
         assert!(log.is_empty(), "a store starts an empty value log");
         self.switch_value_log(log);
     }
 
-    /// With a [`ValueLog`], the bytes of it that live versions use and the bytes it holds.
-    pub fn value_log_usage(&self) -> Option<(u64, u64)> {
+    /// The bytes of the value log that the store's versions use, and the bytes it holds.
+    pub fn value_log_usage(&self) -> (u64, u64) {
         self.values.usage()
     }
 
-    /// Moves every value, held or in the current log, to `log` (empty), in the old log's order.
+    /// Moves every value to `log` (empty), in the old log's order.
     fn switch_value_log(&mut self, log: Arc<dyn ValueLog>) {
         let old = self.values.start_log(log);
-        let logged = self
-            .keys
-            .values()
-            .flat_map(|versions| versions.iter().map(|version| &version.value));
-        let mover = Mover::run(logged, &old, &mut self.values);
+        let values = self.keys.values().flat_map(History::values);
+        let mover = Mover::run(values, &old, &mut self.values);
         for versions in self.keys.values_mut() {
-            versions.map_values(|value| match value {
-                Value::Held(bytes) => self.values.keep(Bytes::clone(bytes)),
-                logged => mover.moved(logged),
-            });
+            versions.map_values(|value| mover.moved(value));
         }
     }
 
@@ -500,21 +498,7 @@ impl Store {
             for version in versions.iter() {
                 stored += 1;
                 stored_bytes += version.size_bytes(key.as_slice());
-                match &version.value {
-                    Value::Logged { len, .. } => {
-                        assert!(self.values.has_log(), "a logged value has a log");
-                        logged_bytes += u64::from(*len);
-                    }
-                    Value::Held(bytes) => assert!(
-                        !self.values.has_log() || u32::try_from(bytes.len()).is_err(),
-                        "a store with a value log holds only values too long for it"
-                    ),
-                    Value::Empty => {}
-                }
-                assert!(
-                    !matches!(&version.value, Value::Held(bytes) if bytes.is_empty()),
-                    "an empty value is `Value::Empty`"
-                );
+                logged_bytes += u64::from(version.value.len);
                 assert!(
                     version.revision.main <= self.current_revision && version.revision.main >= 2
                 );
@@ -524,7 +508,7 @@ impl Store {
                     "revision index"
                 );
                 if version.is_tombstone() {
-                    assert_eq!(version, &StoredVersion::tombstone(version.revision));
+                    assert_eq!(version, StoredVersion::tombstone(version.revision));
                 } else {
                     assert!(
                         version.create_revision >= 1
@@ -903,7 +887,7 @@ impl Store {
             None => (revision.main, 1, 0),
         };
         let value = match replaced {
-            Some(replaced) if put.ignore_value => self.values.bytes(&replaced.value),
+            Some(replaced) if put.ignore_value => self.values.bytes(replaced.value),
             _ => put.value.clone(),
         };
         // The revision index shares the map's copy of the key.
@@ -936,7 +920,7 @@ impl Store {
             create_revision,
             version,
             lease,
-            value: self.values.keep(value),
+            value: self.values.keep(&value),
         };
         append_version(
             versions,
@@ -1109,15 +1093,15 @@ impl Store {
         let mut emptied = Vec::new();
         let mut removed = Vec::new();
         for (key, versions) in self.keys.iter_mut() {
-            let at_or_below = versions.partition_point(|version| version.revision.main <= revision);
+            let at_or_below = versions.partition_point(|stored| stored.main <= revision);
             let keep_from = match at_or_below.checked_sub(1) {
                 None => 0,
-                Some(newest) if !versions[newest].is_tombstone() => newest,
+                Some(newest) if !versions.is_tombstone(newest) => newest,
                 Some(newest) => newest + 1,
             };
             for version in versions.drain_front(keep_from) {
                 self.stored_bytes -= version.size_bytes(key.as_slice());
-                self.values.forget(&version.value);
+                self.values.forget(version.value);
                 removed.push(version.revision);
             }
             if versions.is_empty() {
@@ -1132,7 +1116,7 @@ impl Store {
         }
         self.compact_revision = revision;
         if self.values.worth_collecting() {
-            let fresh = self.values.fresh_log().expect("a log to collect");
+            let fresh = self.values.fresh_log();
             self.switch_value_log(fresh);
         }
         Ok(())
@@ -1282,8 +1266,8 @@ impl Store {
                 ] {
                     crc.update(&number.to_be_bytes());
                 }
-                crc.update(&(version.value.len() as u64).to_be_bytes());
-                self.values.hash(&version.value, &mut crc, &mut scratch);
+                crc.update(&u64::from(version.value.len).to_be_bytes());
+                self.values.hash(version.value, &mut crc, &mut scratch);
             }
         }
         Ok(HashKvResponse {
@@ -1292,7 +1276,7 @@ impl Store {
         })
     }
 
-    fn version(&self, key: &[u8], revision: Revision) -> &StoredVersion {
+    fn version(&self, key: &[u8], revision: Revision) -> StoredVersion {
         let versions = self
             .keys
             .get(key)
@@ -1300,7 +1284,7 @@ impl Store {
         let index = versions
             .find(revision)
             .expect("the revision index names stored versions");
-        &versions[index]
+        versions.get(index).expect("found above")
     }
 
     /// Watch events on `[key, range_end)` (as in a range; an empty key means `"\0"`) from
@@ -1361,10 +1345,10 @@ impl Store {
         let name = key.to_bytes();
         let prev_kv = index
             .checked_sub(1)
-            .map(|previous| &versions[previous])
+            .and_then(|previous| versions.get(previous))
             .filter(|previous| !previous.is_tombstone())
             .map(|previous| previous.kv_named(name.clone(), Some(&self.values)));
-        let version = &versions[index];
+        let version = versions.get(index).expect("found above");
         if version.is_tombstone() {
             Event {
                 kind: EventType::Delete,

@@ -1,10 +1,11 @@
-//! Where the store keeps its values: in the heap, or in a caller's [`ValueLog`].
+//! Where the store keeps its values: in a [`ValueLog`], its own in memory or a caller's.
 //!
 //! Values are most of a store's bytes (every version since the last compaction keeps its own),
-//! and most are never read again. A store given a value log (`Store::set_value_log`) appends
-//! each new value there and keeps only its position: 12 bytes in the version instead of the
-//! value. The server's log is a scratch file, so old values live in the kernel's page cache,
-//! which can write them out under memory pressure, instead of in the process.
+//! and most are never read again. A store appends each new value to its value log and keeps
+//! only its position: 12 bytes in the version instead of the value. A new store's log is a
+//! vector; a server gives its store a scratch file instead (`Store::set_value_log`), so old
+//! values live in the kernel's page cache, which can write them out under memory pressure,
+//! instead of in the process.
 //!
 //! The log is never part of the replicated state: snapshots and hashes read the values back,
 //! and a restarted member rebuilds its store from a snapshot and the Raft log, so the log
@@ -49,7 +50,7 @@ pub trait ValueLog: Send + Sync + fmt::Debug {
 }
 
 /// A [`ValueLog`] in a vector: the same behaviour as a real one, without saving any memory.
-/// For tests and simulations of a store that logs its values.
+/// A new store's log, until it is given another; for tests and simulations.
 #[derive(Debug, Default)]
 pub struct VecValueLog {
     bytes: std::sync::Mutex<Vec<u8>>,
@@ -97,144 +98,101 @@ impl ValueLog for VecValueLog {
     }
 }
 
-/// A stored version's value: 16 bytes, so that a version is 56 (a logged value is the
-/// common case in a server; a held one costs a box).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Value {
-    /// No bytes.
-    Empty,
-    /// In memory (in a store without a log).
-    Held(Box<Bytes>),
-    /// In the store's value log.
-    Logged { offset: u64, len: u32 },
+/// Where a stored version's value is in the store's value log (`len == 0`: no bytes, and
+/// nothing in the log).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Value {
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
 }
 
-impl Value {
-    /// `bytes` held in memory.
-    pub(crate) fn held(bytes: Bytes) -> Value {
-        if bytes.is_empty() {
-            Value::Empty
-        } else {
-            Value::Held(Box::new(bytes))
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Value::Empty => 0,
-            Value::Held(bytes) => bytes.len(),
-            Value::Logged { len, .. } => *len as usize,
-        }
-    }
-}
-
-/// The store's values: the log, if it has one, and how many of its bytes are live.
-#[derive(Clone, Debug, Default)]
+/// The store's values: its log, and how many of the log's bytes are live.
+#[derive(Clone, Debug)]
 pub(crate) struct Values {
-    log: Option<Arc<dyn ValueLog>>,
-    /// Bytes of `Value::Logged` values in the store (the rest of the log is dead).
+    log: Arc<dyn ValueLog>,
+    /// Bytes of the values of the store's versions (the rest of the log is dead).
     live_bytes: u64,
 }
 
-impl Values {
-    pub(crate) fn has_log(&self) -> bool {
-        self.log.is_some()
+/// A store's values start in a log in memory, until the store is given another.
+impl Default for Values {
+    fn default() -> Values {
+        Values {
+            log: Arc::new(VecValueLog::default()),
+            live_bytes: 0,
+        }
     }
+}
 
+impl Values {
     pub(crate) fn live_bytes(&self) -> u64 {
         self.live_bytes
     }
 
-    /// (live bytes, all bytes) of the log, if there is one.
-    pub(crate) fn usage(&self) -> Option<(u64, u64)> {
-        self.log.as_ref().map(|log| (self.live_bytes, log.len()))
+    /// (live bytes, all bytes) of the log.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        (self.live_bytes, self.log.len())
     }
 
-    /// Where a new version keeps `bytes`: in the log if there is one.
-    pub(crate) fn keep(&mut self, bytes: Bytes) -> Value {
-        self.log_slice(&bytes).unwrap_or_else(|| Value::held(bytes))
-    }
-
-    /// `bytes` appended to the log, if there is one and they belong there.
-    fn log_slice(&mut self, bytes: &[u8]) -> Option<Value> {
-        let log = self.log.as_ref()?;
-        let len = u32::try_from(bytes.len()).ok().filter(|len| *len > 0)?;
-        let offset = log.append(bytes);
+    /// Appends `bytes`, the value of a new version, to the log.
+    pub(crate) fn keep(&mut self, bytes: &[u8]) -> Value {
+        if bytes.is_empty() {
+            return Value::default();
+        }
+        let len = u32::try_from(bytes.len())
+            .ok()
+            .filter(|len| *len < u32::MAX)
+            .expect("a value under 4 GiB");
+        let offset = self.log.append(bytes);
         self.live_bytes += u64::from(len);
-        Some(Value::Logged { offset, len })
+        Value { offset, len }
     }
 
     /// Records that the version holding `value` is gone.
-    pub(crate) fn forget(&mut self, value: &Value) {
-        if let Value::Logged { len, .. } = value {
-            self.live_bytes -= u64::from(*len);
-        }
+    pub(crate) fn forget(&mut self, value: Value) {
+        self.live_bytes -= u64::from(value.len);
     }
 
     /// The bytes of `value`.
-    pub(crate) fn bytes(&self, value: &Value) -> Bytes {
-        match value {
-            Value::Empty => Bytes::new(),
-            Value::Held(bytes) => Bytes::clone(bytes),
-            Value::Logged { .. } => {
-                let mut out = Vec::with_capacity(value.len());
-                self.append_to(value, &mut out);
-                out.into()
-            }
+    pub(crate) fn bytes(&self, value: Value) -> Bytes {
+        if value.len == 0 {
+            return Bytes::new();
         }
+        let mut out = Vec::with_capacity(value.len as usize);
+        self.append_to(value, &mut out);
+        out.into()
     }
 
     /// Appends the bytes of `value` to `out`.
-    pub(crate) fn append_to(&self, value: &Value, out: &mut Vec<u8>) {
-        match value {
-            Value::Empty => {}
-            Value::Held(bytes) => out.extend_from_slice(bytes),
-            Value::Logged { offset, len } => self
-                .log
-                .as_ref()
-                .expect("a logged value has a log")
-                .read(*offset, *len as usize, out),
+    pub(crate) fn append_to(&self, value: Value, out: &mut Vec<u8>) {
+        if value.len > 0 {
+            self.log.read(value.offset, value.len as usize, out);
         }
     }
 
     /// Feeds the bytes of `value` to `crc`.
-    pub(crate) fn hash(&self, value: &Value, crc: &mut Crc32, scratch: &mut Vec<u8>) {
-        match value {
-            Value::Empty => {}
-            Value::Held(bytes) => crc.update(bytes),
-            Value::Logged { .. } => {
-                scratch.clear();
-                self.append_to(value, scratch);
-                crc.update(scratch);
-            }
-        }
+    pub(crate) fn hash(&self, value: Value, crc: &mut Crc32, scratch: &mut Vec<u8>) {
+        scratch.clear();
+        self.append_to(value, scratch);
+        crc.update(scratch);
     }
 
     /// Whether enough of the log is dead to copy the live values to a fresh one.
     pub(crate) fn worth_collecting(&self) -> bool {
-        self.log.as_ref().is_some_and(|log| {
-            let dead = log.len().saturating_sub(self.live_bytes);
-            dead > self.live_bytes && dead >= log.collect_floor_bytes()
-        })
+        let dead = self.log.len().saturating_sub(self.live_bytes);
+        dead > self.live_bytes && dead >= self.log.collect_floor_bytes()
     }
 
-    /// Switches to `log` (a fresh one, or the first), with no live values yet, and returns the
-    /// values as they were: the caller then moves every value over (`Store::switch_value_log`).
+    /// Switches to `log` (empty), with no live values yet, and returns the values as they
+    /// were: the caller then moves every value over (`Store::switch_value_log`).
     pub(crate) fn start_log(&mut self, log: Arc<dyn ValueLog>) -> Values {
-        let old = std::mem::replace(
-            self,
-            Values {
-                log: Some(log),
-                live_bytes: 0,
-            },
-        );
-        debug_assert!(self.log.as_ref().is_some_and(|log| log.is_empty()));
-        old
+        debug_assert!(log.is_empty());
+        std::mem::replace(self, Values { log, live_bytes: 0 })
     }
 
     /// A fresh log of the current one's kind.
-    pub(crate) fn fresh_log(&self) -> Option<Arc<dyn ValueLog>> {
-        self.log.as_ref().map(|log| log.fresh())
+    pub(crate) fn fresh_log(&self) -> Arc<dyn ValueLog> {
+        self.log.fresh()
     }
 }
 
@@ -251,57 +209,48 @@ impl Mover {
     /// Bytes read from the old log at once.
     const WINDOW_BYTES: usize = 1 << 20;
 
-    /// Copies every logged value among `logged` (all in `from`'s log) to the end of `to`'s
-    /// log, in offset order; afterwards [`Mover::moved`] gives each one's new place. Held
-    /// values are the caller's to move.
-    pub(crate) fn run<'a>(
-        logged: impl Iterator<Item = &'a Value>,
+    /// Copies every value among `values` (all in `from`'s log) to the end of `to`'s log, in
+    /// offset order; afterwards [`Mover::moved`] gives each one's new place.
+    pub(crate) fn run(
+        values: impl Iterator<Item = Value>,
         from: &Values,
         to: &mut Values,
     ) -> Mover {
-        let mut old: Vec<(u64, u32)> = logged
-            .filter_map(|value| match value {
-                Value::Logged { offset, len } => Some((*offset, *len)),
-                Value::Empty | Value::Held(_) => None,
-            })
+        let mut old: Vec<(u64, u32)> = values
+            .filter(|value| value.len > 0)
+            .map(|value| (value.offset, value.len))
             .collect();
         old.sort_unstable();
         let mut new = Vec::with_capacity(old.len());
         let mut window: Vec<u8> = Vec::new();
         let mut window_start = 0u64;
-        let log = from.log.as_ref();
+        let log = &from.log;
         for &(offset, len) in &old {
             let end = offset + u64::from(len);
             if offset < window_start || end > window_start + window.len() as u64 {
-                let log = log.expect("a logged value has a log");
                 let want = (log.len() - offset).min(Self::WINDOW_BYTES.max(len as usize) as u64);
                 window.clear();
                 log.read(offset, want as usize, &mut window);
                 window_start = offset;
             }
             let at = (offset - window_start) as usize;
-            match to.log_slice(&window[at..at + len as usize]) {
-                Some(Value::Logged { offset, .. }) => new.push(offset),
-                _ => unreachable!("the new log takes every value the old one did"),
-            }
+            new.push(to.keep(&window[at..at + len as usize]).offset);
         }
         Mover { old, new }
     }
 
-    /// The place in the new log of `value`, or `value` itself if it was held.
-    pub(crate) fn moved(&self, value: &Value) -> Value {
-        match value {
-            Value::Logged { offset, len } => {
-                let index = self
-                    .old
-                    .binary_search(&(*offset, *len))
-                    .expect("every logged value was moved");
-                Value::Logged {
-                    offset: self.new[index],
-                    len: *len,
-                }
-            }
-            held => held.clone(),
+    /// The place in the new log of `value`.
+    pub(crate) fn moved(&self, value: Value) -> Value {
+        if value.len == 0 {
+            return value;
+        }
+        let index = self
+            .old
+            .binary_search(&(value.offset, value.len))
+            .expect("every value was moved");
+        Value {
+            offset: self.new[index],
+            len: value.len,
         }
     }
 }

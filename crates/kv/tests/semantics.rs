@@ -1397,40 +1397,40 @@ fn long_histories_read_watch_and_compact_correctly() {
     }
 }
 
-/// With a value log, versions keep their values there; a compaction that leaves more dead
+/// Versions keep their values in the store's value log; a compaction that leaves more dead
 /// bytes than live ones (and at least the log's floor) moves the live values to a fresh log,
 /// and every read still sees them.
 #[test]
 fn a_value_log_is_collected_when_mostly_dead() {
     let mut h = Harness::new();
-    h.put("held", "before the log"); // 2, moved into the log
+    h.put("first", "before the log"); // 2, moved into the new log
     h.store
         .set_value_log(std::sync::Arc::new(VecValueLog::with_collect_floor(200)));
-    assert_eq!(h.store.value_log_usage(), Some((14, 14)));
+    assert_eq!(h.store.value_log_usage(), (14, 14));
     let value = |n: usize| format!("{n:0>100}");
     for n in 0..10 {
         h.put("k", &value(n)); // 3..=12
     }
-    assert_eq!(h.store.value_log_usage(), Some((1014, 1014)));
+    assert_eq!(h.store.value_log_usage(), (1014, 1014));
     // Dead 400 bytes against 614 live: not collected.
     h.ok(Operation::Compact(CompactionRequest {
         revision: 7,
         physical: false,
     }));
-    assert_eq!(h.store.value_log_usage(), Some((614, 1014)));
+    assert_eq!(h.store.value_log_usage(), (614, 1014));
     // Dead 900 against 114 live: collected into a fresh log of the live values.
     h.ok(Operation::Compact(CompactionRequest {
         revision: 12,
         physical: false,
     }));
-    assert_eq!(h.store.value_log_usage(), Some((114, 114)));
+    assert_eq!(h.store.value_log_usage(), (114, 114));
     h.store.check_invariants();
     let all = h.store.range(&range("\0", "\0")).unwrap();
     let values: Vec<_> = all.kvs.iter().map(|kv| kv.value.clone()).collect();
     assert_eq!(values, vec![b("before the log"), b(&value(9))]);
     // New values go to the fresh log after the live ones.
     h.put("k", "next");
-    assert_eq!(h.store.value_log_usage(), Some((118, 118)));
+    assert_eq!(h.store.value_log_usage(), (118, 118));
     assert_eq!(
         h.store.range(&range("k", "")).unwrap().kvs[0].value,
         b("next")

@@ -248,10 +248,9 @@ impl Applier {
             metrics
                 .db_total_size_bytes
                 .set(store.approximate_size_bytes());
-            if let Some((live, all)) = store.value_log_usage() {
-                metrics.value_log_live_bytes.set(live);
-                metrics.value_log_bytes.set(all);
-            }
+            let (live, all) = store.value_log_usage();
+            metrics.value_log_live_bytes.set(live);
+            metrics.value_log_bytes.set(all);
             store.current_revision()
         };
         {
