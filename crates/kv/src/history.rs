@@ -10,9 +10,10 @@
 //!   one more.
 //!
 //! So a run of slots needs only its first version's two fields, and each later one is found
-//! by stepping forward from there. A history's first version needs them (a compaction can
-//! leave a history starting in the middle of a generation), and so does the first of every
-//! chunk, so that finding any version takes at most a chunk's worth of steps.
+//! by stepping forward from there. The first of every chunk has them, so that finding any
+//! version takes at most a chunk's worth of steps, and so does the tail's first when they are
+//! not the ones its slot implies on its own (a tombstone's, or a new generation's): after a
+//! compaction that left the history starting inside a generation, or after a full chunk.
 //!
 //! # Sharing
 //! A key's history only grows at the end (a new revision) and shrinks at the front (a
@@ -76,6 +77,19 @@ impl Slot {
         self.len == Slot::TOMBSTONE
     }
 
+    /// The generation this slot has when nothing comes before it in its history, or after a
+    /// tombstone: none for a tombstone, a new one for a live version.
+    fn implied(&self) -> Generation {
+        if self.is_tombstone() {
+            Generation::default()
+        } else {
+            Generation {
+                create_revision: self.main,
+                version: 1,
+            }
+        }
+    }
+
     fn revision(&self) -> Revision {
         Revision {
             main: self.main,
@@ -103,13 +117,8 @@ impl Slot {
     /// This slot's create revision and version, when `previous` (with `generation`) comes
     /// right before it.
     fn after(&self, previous: &Slot, generation: Generation) -> Generation {
-        if self.is_tombstone() {
-            Generation::default()
-        } else if previous.is_tombstone() {
-            Generation {
-                create_revision: self.main,
-                version: 1,
-            }
+        if self.is_tombstone() || previous.is_tombstone() {
+            self.implied()
         } else {
             Generation {
                 create_revision: generation.create_revision,
@@ -166,20 +175,32 @@ impl Chunk {
     }
 }
 
-/// A key's versions in revision order (see the module docs).
+/// A key's versions in revision order (see the module docs): 32 bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct History {
-    /// Full chunks, shared between copies.
-    chunks: Chunks,
-    /// The generation of the tail's first slot.
-    tail_first: Generation,
+    /// The full chunks and the tail's first generation, if there are chunks or that
+    /// generation is not the one the tail's first slot implies; most keys need neither, and
+    /// then this is a null pointer.
+    more: Option<Box<More>>,
     /// The slots after the chunks: fewer than `CHUNK`.
     tail: Vec<Slot>,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct More {
+    /// Full chunks, shared between copies.
+    chunks: Vec<Arc<Chunk>>,
+    /// The generation of the tail's first slot (when the tail has one).
+    tail_first: Generation,
+}
+
 impl History {
     pub(crate) fn len(&self) -> usize {
-        self.chunks.as_slice().len() * CHUNK + self.tail.len()
+        self.chunks().len() * CHUNK + self.tail.len()
+    }
+
+    fn chunks(&self) -> &[Arc<Chunk>] {
+        self.more.as_deref().map_or(&[], |more| &more.chunks)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -187,15 +208,20 @@ impl History {
     }
 
     fn tail_run(&self) -> Run<'_> {
+        let first = match (&self.more, self.tail.first()) {
+            (Some(more), _) => more.tail_first,
+            (None, Some(slot)) => slot.implied(),
+            (None, None) => Generation::default(),
+        };
         Run {
-            first: self.tail_first,
+            first,
             slots: &self.tail,
         }
     }
 
     /// The run holding the version at `index`, and its index there.
     fn locate(&self, index: usize) -> Option<(Run<'_>, usize)> {
-        let chunks = self.chunks.as_slice();
+        let chunks = self.chunks();
         let chunked = chunks.len() * CHUNK;
         if index < chunked {
             Some((chunks[index / CHUNK].run(), index % CHUNK))
@@ -205,7 +231,7 @@ impl History {
     }
 
     fn slot(&self, index: usize) -> &Slot {
-        let chunks = self.chunks.as_slice();
+        let chunks = self.chunks();
         let chunked = chunks.len() * CHUNK;
         if index < chunked {
             &chunks[index / CHUNK].slots[index % CHUNK]
@@ -230,7 +256,7 @@ impl History {
 
     /// Every version, oldest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = StoredVersion> + '_ {
-        let runs = self.chunks.as_slice().iter().map(|chunk| chunk.run());
+        let runs = self.chunks().iter().map(|chunk| chunk.run());
         runs.chain(std::iter::once(self.tail_run()))
             .flat_map(|run| {
                 let mut generation = run.first;
@@ -258,8 +284,19 @@ impl History {
     /// Appends a version, which must follow the last one (see [`History::follows`]).
     pub(crate) fn push(&mut self, version: StoredVersion) {
         debug_assert!(self.follows(&version), "{version:?} follows {self:?}");
+        let slot = Slot::new(&version);
         if self.tail.is_empty() {
-            self.tail_first = Generation::of(&version);
+            let first = Generation::of(&version);
+            match &mut self.more {
+                Some(more) => more.tail_first = first,
+                None if first == slot.implied() => {}
+                None => {
+                    self.more = Some(Box::new(More {
+                        chunks: Vec::new(),
+                        tail_first: first,
+                    }))
+                }
+            }
         }
         if self.tail.len() == self.tail.capacity() {
             // Most keys keep a few versions: the tail grows by one up to four (a vector would
@@ -271,14 +308,18 @@ impl History {
             };
             self.tail.reserve_exact(more.min(CHUNK - self.tail.len()));
         }
-        self.tail.push(Slot::new(&version));
+        self.tail.push(slot);
         if self.tail.len() == CHUNK {
+            let first = self.tail_run().first;
             let full = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK));
             let chunk = Chunk {
-                first: std::mem::take(&mut self.tail_first),
+                first,
                 slots: full.try_into().expect("a full tail is a chunk"),
             };
-            self.chunks.push(Arc::new(chunk));
+            self.more
+                .get_or_insert_with(Box::default)
+                .chunks
+                .push(Arc::new(chunk));
         }
     }
 
@@ -316,8 +357,8 @@ impl History {
 
     /// Every version's value, oldest first.
     pub(crate) fn values(&self) -> impl Iterator<Item = Value> + '_ {
-        let chunks = self.chunks.as_slice().iter();
-        chunks
+        self.chunks()
+            .iter()
             .flat_map(|chunk| chunk.slots.iter())
             .chain(self.tail.iter())
             .filter(|slot| !slot.is_tombstone())
@@ -352,22 +393,6 @@ impl History {
         for version in versions {
             self.push(version);
         }
-    }
-}
-
-/// The full chunks of a history, boxed: most keys have none, and then they cost a null
-/// pointer (8 bytes) in every entry of the key map instead of an empty vector's 24.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[allow(clippy::box_collection)] // The box is the point: 8 bytes instead of 24.
-struct Chunks(Option<Box<Vec<Arc<Chunk>>>>);
-
-impl Chunks {
-    fn as_slice(&self) -> &[Arc<Chunk>] {
-        self.0.as_deref().map_or(&[], Vec::as_slice)
-    }
-
-    fn push(&mut self, chunk: Arc<Chunk>) {
-        self.0.get_or_insert_with(Box::default).push(chunk);
     }
 }
 
@@ -586,10 +611,7 @@ mod tests {
             history.push(tombstone(main));
             assert!(history.tail.capacity() <= CHUNK);
         }
-        assert_eq!(
-            (history.chunks.as_slice().len(), history.tail.len()),
-            (1, 1)
-        );
+        assert_eq!((history.chunks().len(), history.tail.len()), (1, 1));
     }
 
     #[test]
@@ -616,10 +638,15 @@ mod tests {
     }
 
     #[test]
-    fn a_history_is_48_bytes() {
-        // One per key in the key map's nodes: the tail's vector, its first version's
-        // generation and a pointer to the chunks.
-        assert_eq!(std::mem::size_of::<History>(), 48);
+    fn a_history_is_32_bytes() {
+        // One per key in the key map's nodes: the tail's vector and a pointer, null unless the
+        // key has full chunks or starts inside a generation.
+        assert_eq!(std::mem::size_of::<History>(), 32);
+        let mut history = History::default();
+        for version in writes(CHUNK - 1, 3) {
+            history.push(version);
+        }
+        assert!(history.more.is_none());
     }
 
     #[test]
@@ -629,10 +656,7 @@ mod tests {
             history.push(tombstone(main));
         }
         let copy = history.clone();
-        assert!(Arc::ptr_eq(
-            &copy.chunks.as_slice()[0],
-            &history.chunks.as_slice()[0]
-        ));
+        assert!(Arc::ptr_eq(&copy.chunks()[0], &history.chunks()[0]));
         history.push(tombstone(10_000));
         history.drain_front(CHUNK + 1);
         assert_eq!(mains(&copy), (1..=2 * CHUNK as i64).collect::<Vec<_>>());
