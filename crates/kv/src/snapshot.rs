@@ -320,7 +320,9 @@ impl Store {
                 sub: record.sub,
             };
             corrupt(
-                record.main >= 2 && record.main <= header.current_revision && record.sub >= 0,
+                record.main >= 2
+                    && record.main <= header.current_revision
+                    && (0..=i64::from(u32::MAX)).contains(&record.sub),
                 "version revision out of range",
             )?;
             if let Some(kv) = &record.kv {
@@ -473,6 +475,81 @@ fn write_snapshot<'a, W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot of `versions` (key, main, sub, version and create revision; version 0 is a
+    /// tombstone) with a valid checksum, so only restore's own checks can refuse it.
+    fn snapshot_of(versions: &[(&str, i64, i64, i64, i64)]) -> Vec<u8> {
+        let mut out = ChecksumWriter {
+            inner: Vec::new(),
+            crc: Crc32::default(),
+            record: Vec::new(),
+        };
+        out.write_bytes(MAGIC).unwrap();
+        let header = Header {
+            applied_index: 9,
+            current_revision: 20,
+            compact_revision: -1,
+            version_count: versions.len() as u64,
+            lease_count: 0,
+            session_count: 0,
+        };
+        out.write_record(&header).unwrap();
+        for &(key, main, sub, version, create_revision) in versions {
+            let key = Bytes::copy_from_slice(key.as_bytes());
+            let kv = (version > 0).then(|| KeyValue {
+                key: key.clone(),
+                create_revision,
+                mod_revision: main,
+                version,
+                value: Bytes::from_static(b"v"),
+                lease: 0,
+            });
+            out.write_record(&VersionRecord { key, main, sub, kv })
+                .unwrap();
+        }
+        let checksum = out.crc.finish();
+        let mut bytes = out.inner;
+        bytes.extend_from_slice(&checksum.to_le_bytes());
+        bytes
+    }
+
+    /// Histories keep only the first version's create revision and version and derive the
+    /// rest (see `history`), so restore refuses versions that do not follow each other so,
+    /// and sub revisions a history cannot keep.
+    #[test]
+    fn versions_that_do_not_follow_are_refused() {
+        let restore = |versions: &[(&str, i64, i64, i64, i64)]| match Store::restore(
+            &snapshot_of(versions)[..],
+            KvConfig::default(),
+        ) {
+            Ok(_) => Ok(()),
+            Err(SnapshotError::Corrupt(what)) => Err(what),
+            Err(error) => panic!("{error}"),
+        };
+        let refused = Err("version fields do not follow the key's history");
+        // A history may start inside a generation (after a compaction), then continue it;
+        // a tombstone ends it and the next put starts one.
+        let good = [
+            ("a", 3, 0, 4, 2),
+            ("a", 5, 0, 5, 2),
+            ("a", 6, 0, 0, 0),
+            ("a", 8, 0, 1, 8),
+            ("b", 4, 0, 1, 4),
+        ];
+        assert_eq!(restore(&good), Ok(()));
+        for wrong in [
+            [("a", 3, 0, 4, 2), ("a", 5, 0, 6, 2)], // skips a version
+            [("a", 3, 0, 4, 2), ("a", 5, 0, 5, 3)], // changes the create revision
+            [("a", 6, 0, 0, 0), ("a", 8, 0, 2, 8)], // a new generation not at version 1
+            [("a", 6, 0, 0, 0), ("a", 8, 0, 1, 7)], // ... nor created at its own revision
+        ] {
+            assert_eq!(restore(&wrong), refused, "{wrong:?}");
+        }
+        assert_eq!(
+            restore(&[("a", 3, 1 << 32, 1, 3)]),
+            Err("version revision out of range")
+        );
+    }
 
     /// The records the writer encodes in place are the ones `VersionRecord` encodes (and
     /// restore decodes), for live versions and tombstones.
