@@ -97,6 +97,14 @@ impl Slot {
         }
     }
 
+    /// Where a live version's value is.
+    fn value(&self) -> Value {
+        Value {
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
     /// The version, given its create revision and version.
     fn version(&self, generation: Generation) -> StoredVersion {
         if self.is_tombstone() {
@@ -107,10 +115,7 @@ impl Slot {
             create_revision: generation.create_revision,
             version: generation.version,
             lease: self.lease,
-            value: Value {
-                offset: self.offset,
-                len: self.len,
-            },
+            value: self.value(),
         }
     }
 
@@ -230,14 +235,10 @@ impl History {
         }
     }
 
+    /// The slot at `index` (in range).
     fn slot(&self, index: usize) -> &Slot {
-        let chunks = self.chunks();
-        let chunked = chunks.len() * CHUNK;
-        if index < chunked {
-            &chunks[index / CHUNK].slots[index % CHUNK]
-        } else {
-            &self.tail[index - chunked]
-        }
+        let (run, at) = self.locate(index).expect("index in range");
+        &run.slots[at]
     }
 
     /// Whether the version at `index` (in range) is a tombstone.
@@ -316,10 +317,10 @@ impl History {
                 first,
                 slots: full.try_into().expect("a full tail is a chunk"),
             };
-            self.more
-                .get_or_insert_with(Box::default)
-                .chunks
-                .push(Arc::new(chunk));
+            let more = self.more.get_or_insert_with(Box::default);
+            more.chunks.push(Arc::new(chunk));
+            // The next push starts a new tail and sets it again.
+            more.tail_first = Generation::default();
         }
     }
 
@@ -362,10 +363,7 @@ impl History {
             .flat_map(|chunk| chunk.slots.iter())
             .chain(self.tail.iter())
             .filter(|slot| !slot.is_tombstone())
-            .map(|slot| Value {
-                offset: slot.offset,
-                len: slot.len,
-            })
+            .map(Slot::value)
     }
 
     /// Replaces every version's value with `place(value)`, rebuilding the chunks (a copy made

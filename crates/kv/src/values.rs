@@ -139,10 +139,7 @@ impl Values {
         if bytes.is_empty() {
             return Value::default();
         }
-        let len = u32::try_from(bytes.len())
-            .ok()
-            .filter(|len| *len < u32::MAX)
-            .expect("a value under 4 GiB");
+        let len = u32::try_from(bytes.len()).expect("a value under 4 GiB");
         let offset = self.log.append(bytes);
         self.live_bytes += u64::from(len);
         Value { offset, len }
