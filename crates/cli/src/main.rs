@@ -314,6 +314,7 @@ fn env_lookup(key: &str) -> Option<String> {
 
 fn main() -> ExitCode {
     skiff_cli::allocator::tune();
+    skiff_server::client_server::on_connection_end(skiff_cli::allocator::collect_thread);
     let args: Vec<OsString> = std::env::args_os().collect();
     let first = args.get(1).and_then(|arg| arg.to_str());
     let member_flags = match first {

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +45,22 @@ use crate::http::{http_routes, HttpState};
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(120);
 
 mod direct_h2;
+
+/// What [`on_connection_end`] registered.
+static CONNECTION_END: OnceLock<fn()> = OnceLock::new();
+
+/// Registers `hook` to run on the thread that served a client connection, right after the
+/// connection ended and its buffers were freed. The first registration stays; a later one
+/// returns false.
+///
+/// An allocator that caches freed memory per thread (mimalloc does) keeps a thread's emptied
+/// pages until that thread allocates or collects again. A tokio worker that served the last
+/// of many connections and then sleeps would hold their buffers, megabytes after a burst of a
+/// thousand clients, for as long as it sleeps. The `skiff` binary registers mimalloc's
+/// collection of the calling thread's heap.
+pub fn on_connection_end(hook: fn()) -> bool {
+    CONNECTION_END.set(hook).is_ok()
+}
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -313,6 +329,10 @@ pub async fn serve<B, I, C>(
                     if let Err(error) = watcher.watch(connection).await {
                         tracing::debug!(%error, "client connection ended with an error");
                     }
+                }
+                // No await since the connection was dropped: still the thread that freed it.
+                if let Some(hook) = CONNECTION_END.get() {
+                    hook();
                 }
             });
         }
