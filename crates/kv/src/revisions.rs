@@ -50,8 +50,8 @@ impl Chunk {
     /// Appends an entry after the last: `key`'s bytes, or `long` (the same bytes, shared) if
     /// given.
     fn push(&mut self, revision: Revision, key: &[u8], long: Option<&Bytes>) {
-        let previous = if self.len == 0 { self.first } else { self.last };
-        let step = u64::try_from(revision.main - previous.main).expect("revisions increase");
+        // A new chunk's `last` is its first revision, so its first entry has a step of 0.
+        let step = u64::try_from(revision.main - self.last.main).expect("revisions increase");
         let sub = u64::try_from(revision.sub).expect("a sub revision is not negative");
         put_varint(&mut self.bytes, (step << 1) | u64::from(sub != 0));
         if sub != 0 {
@@ -85,7 +85,7 @@ impl Chunk {
             .skip_while(move |(revision, _)| *revision < start)
     }
 
-    /// The entries of `self` that `keep` accepts, as a new chunk (empty if none).
+    /// The entries of `self` that `keep` accepts, as a new chunk (`None` if none).
     fn filtered(&self, keep: &mut impl FnMut(Revision) -> bool) -> Option<Chunk> {
         let mut kept: Option<Chunk> = None;
         for (revision, key, long) in self.entries().with_long() {
@@ -230,14 +230,10 @@ impl RevisionIndex {
 
     /// Entries at or after `start`, in order.
     pub(crate) fn from(&self, start: Revision) -> impl Iterator<Item = (Revision, &[u8])> + '_ {
-        let first = self.chunk_of(start);
-        self.chunks[first..]
+        // Every entry of the chunks after the first one found is above `start`.
+        self.chunks[self.chunk_of(start)..]
             .iter()
-            .enumerate()
-            .flat_map(move |(number, chunk)| {
-                let start = if number == 0 { start } else { chunk.first };
-                chunk.entries_from(start)
-            })
+            .flat_map(move |chunk| chunk.entries_from(start))
     }
 
     /// Entries at or before `end`, in order.
