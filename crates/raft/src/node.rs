@@ -1117,11 +1117,17 @@ impl RawNode {
                         },
                     );
                 }
-                MessageBody::RequestVote { pre_vote: true, .. } => {
+                MessageBody::RequestVote { pre_vote, .. } => {
+                    // Refused, with our term (as Raft's RequestVote reply carries it). A
+                    // candidate of a real vote steps up to that term: otherwise it can stay
+                    // behind for good while a removed member that does not know it keeps
+                    // raising the terms of the others, and the one whose vote it needs
+                    // cannot campaign (a learner being promoted whose log lacks the
+                    // promotion), so nobody tells it.
                     self.send(
                         message.from,
                         MessageBody::RequestVoteResponse {
-                            pre_vote: true,
+                            pre_vote,
                             granted: false,
                         },
                     );

@@ -282,6 +282,39 @@ fn candidate_rejects_append_entries_of_an_older_term() {
 }
 
 #[test]
+fn a_vote_request_of_an_older_term_is_refused_with_the_newer_term() {
+    // Raft's RequestVote reply carries the voter's term. Without it a candidate that fell
+    // behind in terms could stay behind while nobody who knows the newer term can campaign
+    // (simulator seed 740239).
+    let mut voter = member(1, 3, vec![], 5, plain);
+    voter.ready();
+    voter.step(message(2, 1, 3, vote_request(0, 0)));
+    let ready = voter.ready();
+    assert_eq!(
+        ready.messages,
+        vec![message(1, 2, 5, vote_response(false))],
+        "the candidate learns the newer term"
+    );
+    assert!(ready.messages_after_persist.is_empty());
+    let status = voter.status();
+    assert_eq!(
+        (status.role, status.term, status.vote),
+        (Role::Follower, 5, None)
+    );
+
+    let mut candidate = member(2, 3, vec![], 1, plain);
+    candidate.campaign();
+    ready_and_persist(&mut candidate);
+    assert_eq!(candidate.status().term, 2);
+    candidate.step(message(1, 2, 5, vote_response(false)));
+    let status = candidate.status();
+    assert_eq!(
+        (status.role, status.term, status.vote),
+        (Role::Follower, 5, None)
+    );
+}
+
+#[test]
 fn split_vote_is_resolved_by_a_new_election() {
     let mut cluster = Cluster::new(4, plain);
     // Member 3 only hears candidate 1 and member 4 only hears candidate 2.
