@@ -7,9 +7,8 @@ mod common;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use common::{b, TestServer};
+use common::{b, frame, grpc_request, TestServer};
 use h2::client::SendRequest;
-use http::Request;
 use skiff_etcd_proto::etcdserverpb::{
     watch_request::RequestUnion, PutRequest, PutResponse, RangeRequest, RangeResponse,
     SnapshotRequest, WatchCreateRequest, WatchRequest, WatchResponse,
@@ -20,15 +19,6 @@ use skiff_server::ApiLimits;
 use tokio::net::TcpStream;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn frame(message: &impl Message) -> Bytes {
-    let encoded = message.encode_to_vec();
-    let mut framed = Vec::with_capacity(5 + encoded.len());
-    framed.push(0);
-    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&encoded);
-    Bytes::from(framed)
-}
 
 /// A raw HTTP/2 connection with h2's client defaults (64 KiB windows).
 async fn connect(server: &TestServer) -> SendRequest<Bytes> {
@@ -49,16 +39,6 @@ async fn connect_with(server: &TestServer, connection_window: u32) -> SendReques
         let _ = connection.await;
     });
     client.ready().await.unwrap()
-}
-
-fn grpc_request(server: &TestServer, path: &str) -> Request<()> {
-    Request::builder()
-        .method("POST")
-        .uri(format!("http://{}{path}", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap()
 }
 
 /// One unary call on `client`: the answer's single message, after checking `grpc-status: 0`.

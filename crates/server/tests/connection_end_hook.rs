@@ -7,11 +7,8 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{b, TestServer};
-use http::Request;
+use common::{b, frame, grpc_request, TestServer};
 use skiff_etcd_proto::etcdserverpb::PutRequest;
-use skiff_etcd_proto::prost::Message;
 use skiff_server::client_server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,24 +46,14 @@ async fn the_hook_runs_once_each_time_a_client_connection_ends() {
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     let driver = tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
-    let request = Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/etcdserverpb.KV/Put", server.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let request = grpc_request(&server, "/etcdserverpb.KV/Put");
     let (response, mut stream) = client.send_request(request, false).unwrap();
     let put = PutRequest {
         key: b("k"),
         value: b("v"),
         ..Default::default()
-    }
-    .encode_to_vec();
-    let mut framed = vec![0];
-    framed.extend_from_slice(&(put.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&put);
-    stream.send_data(Bytes::from(framed), true).unwrap();
+    };
+    stream.send_data(frame(&put), true).unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();

@@ -246,3 +246,24 @@ impl TestServer {
 pub fn b(text: &str) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(text.as_bytes())
 }
+
+/// `message` framed as one uncompressed gRPC message (flag byte, big-endian length, bytes).
+pub fn frame(message: &impl skiff_etcd_proto::prost::Message) -> bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + encoded.len());
+    framed.push(0);
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    bytes::Bytes::from(framed)
+}
+
+/// The headers of a gRPC call to `path` on `server`, for a raw HTTP/2 client.
+pub fn grpc_request(server: &TestServer, path: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{path}", server.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
