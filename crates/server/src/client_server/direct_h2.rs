@@ -20,11 +20,14 @@
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use futures_util::task::AtomicWaker;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{CONTENT_LENGTH, DATE};
@@ -85,12 +88,13 @@ pub(super) async fn serve_connection<B, C>(
     let shared: &Shared<B> = &service.shared;
     let mut unary = FuturesUnordered::new();
     let mut stopping = false;
+    let own = OwnWaker::new();
     let ended = poll_fn(|cx| {
         if !stopping && stop_requested.as_mut().poll(cx).is_ready() {
             stopping = true;
             connection.graceful_shutdown();
         }
-        loop {
+        own.poll(cx, |cx| {
             // New streams (this also reads the socket, and writes what is queued).
             loop {
                 match connection.poll_accept(cx) {
@@ -105,20 +109,95 @@ pub(super) async fn serve_connection<B, C>(
                     Poll::Pending => break,
                 }
             }
-            // The unary calls; one that finishes has queued its answer, which the next
-            // `poll_accept` writes (without a round through the scheduler).
-            let mut answered = false;
-            while let Poll::Ready(Some(())) = unary.poll_next_unpin(cx) {
-                answered = true;
-            }
-            if !answered {
-                return Poll::Pending;
-            }
-        }
+            // The unary calls; one that finishes has queued its answer (waking the
+            // connection: another round), which the next round's `poll_accept` writes.
+            while let Poll::Ready(Some(())) = unary.poll_next_unpin(cx) {}
+            Poll::Pending
+        })
     })
     .await;
     if let Err(error) = ended {
         tracing::debug!(%error, "client connection ended with an error");
+    }
+}
+
+/// Most rounds of a connection's task in one poll (each round: read and write the socket,
+/// poll the unary calls) that wake-ups from within the poll can ask for before it yields.
+const MAX_ROUNDS: usize = 32;
+
+/// The waker a connection's task gives to h2 and its unary calls. A wake-up while the task is
+/// polling them (h2 wakes the connection whenever an answer is queued on a stream; a call's
+/// answer can arrive while it runs) makes the task go round once more before it returns,
+/// instead of reaching the runtime: tokio runs a task woken during its own poll again as if
+/// it had yielded, and wakes another worker thread to take it over, which on a small machine
+/// costs more than the request. Wake-ups at any other time wake the task.
+struct OwnWaker {
+    state: Arc<OwnWake>,
+    /// A waker for `state`, made once (h2 keeps a clone only when it does not `will_wake`).
+    waker: Waker,
+}
+
+#[derive(Default)]
+struct OwnWake {
+    /// The task's own waker, from its latest poll.
+    task: AtomicWaker,
+    /// True while the task runs a round.
+    polling: AtomicBool,
+    /// A wake-up came while `polling`.
+    woken: AtomicBool,
+}
+
+impl OwnWaker {
+    fn new() -> OwnWaker {
+        let state = Arc::new(OwnWake::default());
+        OwnWaker {
+            waker: Waker::from(state.clone()),
+            state,
+        }
+    }
+
+    /// Runs `round` with this waker until it is ready, or until a round passes without a
+    /// wake-up from within. After `MAX_ROUNDS` rounds, or once the runtime's budget for this
+    /// poll is spent (resources then say Pending and wake at once until the task yields), it
+    /// wakes the task and returns Pending: the task yields.
+    fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut round: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let state = &self.state;
+        state.task.register(cx.waker());
+        let own = &mut Context::from_waker(&self.waker);
+        for _ in 0..MAX_ROUNDS {
+            state.polling.store(true, Ordering::SeqCst);
+            // A wake-up from before this point is for something this round sees.
+            state.woken.store(false, Ordering::SeqCst);
+            let polled = round(own);
+            state.polling.store(false, Ordering::SeqCst);
+            if polled.is_ready() || !state.woken.swap(false, Ordering::SeqCst) {
+                return polled;
+            }
+            if !tokio::task::coop::has_budget_remaining() {
+                break;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Wake for OwnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Paired with the task's `polling` store and `woken` swap (both SeqCst): either the
+        // task sees `woken` before it returns, or this sees `polling` false and wakes it.
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
     }
 }
 
@@ -389,4 +468,94 @@ fn date() -> HeaderValue {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A task's waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One poll of `round` (given its number, from 1) through `own`, as a task whose waker
+    /// counts: what it returned, how many rounds ran, how often the task was woken.
+    fn poll_once<T>(
+        own: &OwnWaker,
+        mut round: impl FnMut(usize, &mut Context<'_>) -> Poll<T>,
+    ) -> (Poll<T>, usize, Arc<Counting>) {
+        let counting = Arc::new(Counting::default());
+        let waker = Waker::from(counting.clone());
+        let mut rounds = 0;
+        let polled = own.poll(&mut Context::from_waker(&waker), |cx| {
+            rounds += 1;
+            round(rounds, cx)
+        });
+        (polled, rounds, counting)
+    }
+
+    fn woken(task: &Counting) -> usize {
+        task.0.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_wake_up_during_a_round_runs_another_round_instead_of_waking_the_task() {
+        let (polled, rounds, task) = poll_once(&OwnWaker::new(), |round, cx| {
+            if round == 1 {
+                // As h2 does when an answer is queued on a stream.
+                cx.waker().wake_by_ref();
+            }
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!(rounds, 2, "the wake-up asked for one more round");
+        assert_eq!(woken(&task), 0, "the task was not woken");
+    }
+
+    #[test]
+    fn a_wake_up_between_polls_wakes_the_task() {
+        let mut kept = None;
+        let (polled, _, task) = poll_once(&OwnWaker::new(), |_, cx| {
+            kept = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!(woken(&task), 0);
+        // E.g. a call's answer from the event loop, or bytes from the client.
+        kept.expect("registered").wake();
+        assert_eq!(woken(&task), 1);
+    }
+
+    #[test]
+    fn a_round_that_always_wakes_yields_after_the_limit() {
+        let (polled, rounds, task) = poll_once(&OwnWaker::new(), |_, cx| {
+            cx.waker().wake_by_ref();
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!(rounds, MAX_ROUNDS);
+        assert_eq!(woken(&task), 1, "woken once, so the runtime polls it again");
+    }
+
+    #[test]
+    fn a_ready_round_ends_the_poll() {
+        let (polled, rounds, task) = poll_once(&OwnWaker::new(), |round, cx| {
+            cx.waker().wake_by_ref();
+            if round == 3 {
+                Poll::Ready(round)
+            } else {
+                Poll::Pending
+            }
+        });
+        assert_eq!((polled, rounds), (Poll::Ready(3), 3));
+        assert_eq!(woken(&task), 0);
+    }
 }

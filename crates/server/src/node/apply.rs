@@ -73,25 +73,28 @@ impl ApplyQueue {
         }
     }
 
-    /// Applies committed entries (consecutive, following the ones given before).
-    pub fn entries(&self, entries: Vec<Entry>) {
+    /// Applies committed entries (consecutive, following the ones given before). Returns
+    /// what the event loop is to hear when they were applied right here (the thread sends
+    /// it through the channel instead).
+    pub fn entries(&self, entries: Vec<Entry>) -> Vec<Internal> {
         let small = entries.len() <= INLINE_ENTRIES
             && entries.iter().map(|entry| entry.data.len()).sum::<usize>() <= INLINE_BYTES;
         // Only the event loop adds tasks: none pending means every earlier one was applied.
         if small && self.pending.load(Ordering::SeqCst) == 0 {
             if let Ok(mut applier) = self.applier.try_lock() {
                 if applier.stopped {
-                    return;
+                    return Vec::new();
                 }
-                applier.handle(ApplyTask::Entries(entries));
+                let reports = applier.handle(ApplyTask::Entries(entries));
                 if !applier.stopped && applier.snapshot_due().is_some() {
                     drop(applier);
                     self.send(ApplyTask::Entries(Vec::new()));
                 }
-                return;
+                return reports;
             }
         }
         self.send(ApplyTask::Entries(entries));
+        Vec::new()
     }
 }
 
@@ -110,7 +113,9 @@ fn run(tasks: Receiver<ApplyTask>, applier: Arc<Mutex<Applier>>, pending: Arc<At
             if applier.stopped {
                 return;
             }
-            applier.handle(task);
+            for report in applier.handle(task) {
+                let _ = applier.internal.send(report);
+            }
         }
         if applier.stopped {
             return;
@@ -145,6 +150,8 @@ pub(crate) struct Applier {
     pub registry: Registry,
     /// The thread streaming the last snapshot, while it runs.
     pub snapshotting: Option<std::thread::JoinHandle<()>>,
+    /// What the event loop is to hear about the task being handled (see `handle`).
+    pub reports: Vec<Internal>,
 }
 
 /// What applying one entry produced for the client waiting on it.
@@ -155,16 +162,20 @@ enum Outcome {
 }
 
 impl Applier {
-    fn handle(&mut self, task: ApplyTask) {
+    /// Handles one task. Returns what the event loop is to hear about it; the caller
+    /// delivers it (the thread through the channel; the event loop, applying itself,
+    /// directly, which saves waking its own task).
+    fn handle(&mut self, task: ApplyTask) -> Vec<Internal> {
         let outcome = match task {
             ApplyTask::Entries(entries) => self.apply(entries),
             ApplyTask::Restore(meta, data) => self.restore(meta, data),
         };
         if let Err(error) = outcome {
             tracing::error!(%error, "applying failed; this member stops");
-            let _ = self.internal.send(Internal::Fatal(error));
+            self.reports.push(Internal::Fatal(error));
             self.stopped = true;
         }
+        std::mem::take(&mut self.reports)
     }
 
     /// The applied index, if `maybe_snapshot` would take a snapshot there now: one is due and
@@ -272,7 +283,7 @@ impl Applier {
             }
         }
         self.shared.publish_applied(last, revision);
-        let _ = self.internal.send(Internal::Applied { index: last });
+        self.reports.push(Internal::Applied { index: last });
         Ok(())
     }
 
@@ -317,7 +328,7 @@ impl Applier {
         self.last_snapshot_index = meta.index;
         self.bytes_since_snapshot = 0;
         self.shared.publish_applied(meta.index, revision);
-        let _ = self.internal.send(Internal::Applied { index: meta.index });
+        self.reports.push(Internal::Applied { index: meta.index });
         Ok(())
     }
 
@@ -410,7 +421,7 @@ impl Applier {
             view.membership = self.membership.clone();
         }
         if was_member && !self.membership.contains(own) {
-            let _ = self.internal.send(Internal::Removed);
+            self.reports.push(Internal::Removed);
         }
     }
 }

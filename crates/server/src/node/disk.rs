@@ -104,7 +104,7 @@ impl DiskQueue {
         entries: Vec<Entry>,
         after_persist: Vec<Message>,
         follower: bool,
-    ) {
+    ) -> Vec<Internal> {
         let commit_only = snapshot.is_none()
             && entries.is_empty()
             && hard_state
@@ -114,12 +114,12 @@ impl DiskQueue {
                 self.deferred = hard_state;
             }
             if after_persist.is_empty() {
-                return;
+                return Vec::new();
             }
             if self.done.load(Ordering::Acquire) == self.sent {
                 // Every earlier write is durable and this Ready has none that needs a sync.
                 (self.outbound)(after_persist);
-                return;
+                return Vec::new();
             }
         }
         // `take` runs either way: nothing deferred outlives a write.
@@ -140,15 +140,16 @@ impl DiskQueue {
         if inline {
             // The thread may hold the lock for a snapshot task; then the task waits its turn.
             if let Ok(mut writer) = self.writer.try_lock() {
-                if let Err(error) = writer.write_batch(vec![task]) {
-                    writer.fail(&error);
-                }
-                return;
+                return match writer.write_batch(vec![task]) {
+                    Ok(reports) => reports,
+                    Err(error) => vec![writer.failed(&error)],
+                };
             }
         }
         if self.tasks.send(task).is_err() {
             tracing::error!("log writer is gone");
         }
+        Vec::new()
     }
 }
 
@@ -187,20 +188,32 @@ pub(crate) fn run(writer: Arc<Mutex<DiskWriter>>, tasks: Receiver<DiskTask>) {
             }
         }
         let mut writer = writer.lock().expect("log writer lock");
-        if let Err(error) = writer.write_batch(batch) {
-            writer.fail(&error);
-            return;
+        match writer.write_batch(batch) {
+            Ok(reports) => {
+                for report in reports {
+                    let _ = writer.internal.send(report);
+                }
+            }
+            Err(error) => {
+                let _ = writer.internal.send(writer.failed(&error));
+                return;
+            }
         }
     }
 }
 
 impl DiskWriter {
-    fn fail(&self, error: &StorageError) {
+    /// Logs a failure of the log store and says so to the event loop: the member stops.
+    fn failed(&self, error: &StorageError) -> Internal {
         tracing::error!(%error, "the log store failed; this member stops");
-        let _ = self.internal.send(Internal::Fatal(error.to_string()));
+        Internal::Fatal(error.to_string())
     }
 
-    fn write_batch(&mut self, batch: Vec<DiskTask>) -> Result<(), StorageError> {
+    /// Writes and syncs a batch of tasks, then sends the messages that waited for it.
+    /// Returns what the event loop is to hear (the caller delivers it: the thread through
+    /// the channel, the event loop, writing itself, directly, which saves waking its own
+    /// task).
+    fn write_batch(&mut self, batch: Vec<DiskTask>) -> Result<Vec<Internal>, StorageError> {
         let mut last_entry: Option<(u64, u64)> = None;
         let mut last_hard_state: Option<HardState> = None;
         let mut messages = Vec::new();
@@ -294,13 +307,16 @@ impl DiskWriter {
         }
         // Only now: the event loop sends acknowledgements itself once this catches up.
         self.done.fetch_add(readies, Ordering::Release);
+        let mut reports = Vec::new();
         if let Some((index, term)) = last_entry {
-            let _ = self.internal.send(Internal::Persisted { index, term });
+            reports.push(Internal::Persisted { index, term });
         }
-        for meta in compacted {
-            let _ = self.internal.send(Internal::Compacted { meta });
-        }
-        Ok(())
+        reports.extend(
+            compacted
+                .into_iter()
+                .map(|meta| Internal::Compacted { meta }),
+        );
+        Ok(reports)
     }
 }
 
@@ -329,7 +345,7 @@ impl EntrySource for WalSource {
             Err(StorageError::Compacted { .. }) => None,
             Err(error) => {
                 // The member's own disk failed (or its log is damaged): stop, as on a write.
-                writer.fail(&error);
+                let _ = writer.internal.send(writer.failed(&error));
                 None
             }
         }
@@ -386,13 +402,13 @@ mod tests {
     }
 
     /// A writer over a new log store in `dir` at term 3, sending to `outbound`, with `on_fsync`,
-    /// counting finished Readies in `done`.
+    /// counting finished Readies in `done`; and the receiving end of its reports channel.
     fn writer_in(
         dir: &Scratch,
         outbound: Outbound,
         on_fsync: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
         done: Arc<AtomicU64>,
-    ) -> DiskWriter {
+    ) -> (DiskWriter, tokio::sync::mpsc::UnboundedReceiver<Internal>) {
         let file_system = OsFileSystem::new(dir.path()).unwrap();
         let (mut storage, _) =
             skiff_storage::FileStorage::open(file_system, Default::default()).unwrap();
@@ -402,8 +418,8 @@ mod tests {
         };
         storage.set_hard_state(recovered).unwrap();
         storage.sync().unwrap();
-        let (internal, _) = tokio::sync::mpsc::unbounded_channel();
-        DiskWriter {
+        let (internal, reports) = tokio::sync::mpsc::unbounded_channel();
+        let writer = DiskWriter {
             storage,
             synced_hard_state: recovered,
             unsynced_commit_writes: 0,
@@ -412,7 +428,8 @@ mod tests {
             outbound,
             done,
             on_fsync,
-        }
+        };
+        (writer, reports)
     }
 
     struct Harness {
@@ -421,6 +438,8 @@ mod tests {
         done: Arc<AtomicU64>,
         tasks: Receiver<DiskTask>,
         sent: Arc<Mutex<Vec<Message>>>,
+        /// What the writer told the event loop through the channel.
+        reports: tokio::sync::mpsc::UnboundedReceiver<Internal>,
         _dir: Scratch,
     }
 
@@ -434,7 +453,7 @@ mod tests {
                 Arc::new(move |messages| sent.lock().unwrap().extend(messages))
             };
             let done = Arc::new(AtomicU64::new(0));
-            let writer = writer_in(&dir, outbound, Arc::new(|_| {}), done.clone());
+            let (writer, reports) = writer_in(&dir, outbound, Arc::new(|_| {}), done.clone());
             let writer = Arc::new(Mutex::new(writer));
             Harness {
                 queue: DiskQueue::new(tx, writer.clone()),
@@ -442,6 +461,7 @@ mod tests {
                 done,
                 tasks,
                 sent,
+                reports,
                 _dir: dir,
             }
         }
@@ -453,7 +473,11 @@ mod tests {
             entries: Vec<Entry>,
             acks: Vec<Message>,
         ) {
-            self.queue.ready(None, hard_state, entries, acks, false);
+            let reports = self.queue.ready(None, hard_state, entries, acks, false);
+            assert!(
+                reports.is_empty(),
+                "a leader's writes are reported by the thread"
+            );
         }
 
         /// The next task handed to the writer: (hard state, entry count, acknowledgements).
@@ -562,17 +586,27 @@ mod tests {
     #[test]
     fn a_follower_writes_on_the_event_loop_when_the_writer_is_idle() {
         let mut h = Harness::new("follower");
-        h.queue
+        let reports = h
+            .queue
             .ready(None, hard(3, None, 0), vec![entry(1)], vec![ack(1)], true);
         assert!(h.task().is_none(), "not handed to the thread");
         assert_eq!(h.last_index(), 1, "written");
         assert_eq!(h.sent_now(), vec![ack(1)], "acknowledged once written");
         assert_eq!(h.done.load(Ordering::Acquire), 1);
+        // Reported to the caller, the event loop itself: nothing goes through the channel,
+        // whose message would wake the event loop's own task.
+        assert!(
+            matches!(reports[..], [Internal::Persisted { index: 1, term: 3 }]),
+            "the write is reported to the event loop directly"
+        );
+        assert!(h.reports.try_recv().is_err());
 
         // Behind a task the thread has not finished, a follower's write queues too.
         h.ready(None, vec![entry(2)], vec![ack(2)]);
-        h.queue
+        let reports = h
+            .queue
             .ready(None, None, vec![entry(3)], vec![ack(3)], true);
+        assert!(reports.is_empty(), "the thread will report it");
         assert_eq!(h.task(), Some((None, 1, vec![ack(2)])));
         assert_eq!(h.task(), Some((None, 1, vec![ack(3)])));
         assert!(h.sent_now().is_empty());
@@ -608,7 +642,7 @@ mod tests {
             let (done, seen) = (done.clone(), seen_at_sync.clone());
             Arc::new(move |_| seen.lock().unwrap().push(done.load(Ordering::Acquire)))
         };
-        let writer = writer_in(&dir, outbound, on_fsync, done.clone());
+        let (writer, mut reports) = writer_in(&dir, outbound, on_fsync, done.clone());
         let (tx, tasks) = channel();
         for index in 1..=2 {
             let task = DiskTask::Ready {
@@ -634,5 +668,13 @@ mod tests {
             vec![(0, 2)],
             "acknowledgements sent before the count moves"
         );
+        assert!(
+            matches!(
+                reports.try_recv(),
+                Ok(Internal::Persisted { index: 2, term: 3 })
+            ),
+            "the thread reports the batch through the channel"
+        );
+        assert!(reports.try_recv().is_err());
     }
 }

@@ -355,13 +355,16 @@ impl EventLoop {
                 self.shared.peers.ensure_all(registry);
             }
             let follower = self.raw.soft_state().role == Role::Follower;
-            self.disk.ready(
+            let persisted = self.disk.ready(
                 snapshot,
                 ready.hard_state,
                 ready.entries,
                 ready.messages_after_persist,
                 follower,
             );
+            for report in persisted {
+                self.on_internal(report)?;
+            }
             // After the log writer has its work: on the leader its write and the followers'
             // overlap, and the slower of them decides when the entries commit.
             let mut messages = ready.messages;
@@ -379,7 +382,9 @@ impl EventLoop {
             // runs the task woken last first, so the answers go out before the commit
             // notices to the followers.
             if !ready.committed_entries.is_empty() {
-                self.apply.entries(ready.committed_entries);
+                for report in self.apply.entries(ready.committed_entries) {
+                    self.on_internal(report)?;
+                }
             }
         }
         // Received snapshots the core did not take are deleted.

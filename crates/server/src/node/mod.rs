@@ -415,6 +415,7 @@ impl Node {
             membership: recovered_membership,
             registry: applied_registry,
             snapshotting: None,
+            reports: Vec::new(),
         };
         let (apply_queue, apply_thread) =
             apply::ApplyQueue::start(applier).map_err(|error| error.to_string())?;
