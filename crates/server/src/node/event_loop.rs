@@ -378,9 +378,10 @@ impl EventLoop {
                 }
             }
             // Committed entries last: applied here (see `ApplyQueue::entries`), they wake the
-            // tasks of the clients waiting for them after the transport's, and the runtime
-            // runs the task woken last first, so the answers go out before the commit
-            // notices to the followers.
+            // tasks of the clients waiting for them, which run when this turn ends. Messages
+            // to an idle peer were written above, from this thread (a commit notice goes out
+            // before the answers); those queued for a busy peer's task woke it before, and
+            // the runtime runs the task woken last first, so there the answers go first.
             if !ready.committed_entries.is_empty() {
                 for report in self.apply.entries(ready.committed_entries) {
                     self.on_internal(report)?;
