@@ -109,9 +109,16 @@ pub(super) async fn serve_connection<B, C>(
                     Poll::Pending => break,
                 }
             }
-            // The unary calls; one that finishes has queued its answer (waking the
-            // connection: another round), which the next round's `poll_accept` writes.
-            while let Poll::Ready(Some(())) = unary.poll_next_unpin(cx) {}
+            // The unary calls; one that finishes has queued its answer, which the next
+            // round's `poll_accept` writes (h2 wakes the connection for it; asking here too
+            // does not depend on that).
+            let mut answered = false;
+            while let Poll::Ready(Some(())) = unary.poll_next_unpin(cx) {
+                answered = true;
+            }
+            if answered {
+                cx.waker().wake_by_ref();
+            }
             Poll::Pending
         })
     })
