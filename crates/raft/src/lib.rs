@@ -28,7 +28,7 @@ pub use membership::{
     encode_membership_with_context, plan_change, MembershipChange, MembershipDecodeError,
     MembershipStep,
 };
-pub use message::{Message, MessageBody};
+pub use message::{Message, MessageBody, COMMIT_NOTICE};
 pub use node::{InitialState, RawNode, ReadState, Ready, Role, SoftState, Status};
 pub use progress::ProgressState;
 pub use rng::Rng;

@@ -5,6 +5,11 @@ use bytes::Bytes;
 
 use crate::types::{Entry, NodeId, SnapshotMeta};
 
+/// The [`MessageBody::Heartbeat`] sequence number of a commit notice. A leader numbers its
+/// heartbeats from 1 in each term; a heartbeat numbered 0 only tells a follower the commit
+/// index, and the follower does not answer it.
+pub const COMMIT_NOTICE: u64 = 0;
+
 /// A message from one member to another, stamped with the sender's term.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -66,7 +71,7 @@ pub enum MessageBody {
     Heartbeat {
         /// Commit index, capped at what the follower is known to hold.
         commit: u64,
-        /// Heartbeat sequence number of the leader's term.
+        /// Heartbeat sequence number of the leader's term, or [`COMMIT_NOTICE`].
         sequence: u64,
     },
     /// Answer to a heartbeat.
@@ -108,6 +113,10 @@ impl MessageBody {
             MessageBody::RequestVoteResponse { .. } => "RequestVoteResponse",
             MessageBody::AppendEntries { .. } => "AppendEntries",
             MessageBody::AppendEntriesResponse { .. } => "AppendEntriesResponse",
+            MessageBody::Heartbeat {
+                sequence: COMMIT_NOTICE,
+                ..
+            } => "CommitNotice",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResponse { .. } => "HeartbeatResponse",
             MessageBody::ReadIndex { .. } => "ReadIndex",

@@ -21,7 +21,7 @@ use crate::membership::{
     decode_membership, decode_membership_context, encode_membership_with_context, plan_change,
     MembershipChange,
 };
-use crate::message::{Message, MessageBody};
+use crate::message::{Message, MessageBody, COMMIT_NOTICE};
 use crate::progress::{Progress, ProgressState};
 use crate::quorum::{self, VoteResult};
 use crate::rng::Rng;
@@ -1161,7 +1161,9 @@ impl RawNode {
             MessageBody::Heartbeat { commit, sequence } => {
                 self.follow(from);
                 self.log.commit_to(commit.min(self.log.last_index()));
-                self.send(from, MessageBody::HeartbeatResponse { sequence });
+                if sequence != COMMIT_NOTICE {
+                    self.send(from, MessageBody::HeartbeatResponse { sequence });
+                }
             }
             MessageBody::InstallSnapshot { meta, data } => {
                 self.follow(from);
@@ -1680,13 +1682,32 @@ impl RawNode {
                 }
                 sent = true;
             }
-            let progress = &self.progress[&peer];
-            // A follower that holds entries up to its match but has not been told they are
-            // committed hears it now rather than at the next heartbeat.
-            let commit_unknown =
-                progress.commit_sent < self.log.committed().min(progress.match_index);
-            if !sent && (commit_unknown || progress.state == ProgressState::Probe) {
-                self.send_append(peer, true, false);
+            if sent {
+                continue;
+            }
+            let progress = self.progress.get_mut(&peer).expect("member");
+            match progress.state {
+                ProgressState::Probe => {
+                    self.send_append(peer, true, false);
+                }
+                ProgressState::Replicate => {
+                    // A follower that holds entries up to its match but has not been told
+                    // they are committed hears it now rather than at the next heartbeat,
+                    // in a notice it does not answer: everything it acknowledged is
+                    // known, so an answer would tell the leader nothing.
+                    let commit = self.log.committed().min(progress.match_index);
+                    if progress.commit_sent < commit {
+                        progress.commit_sent = commit;
+                        self.send(
+                            peer,
+                            MessageBody::Heartbeat {
+                                commit,
+                                sequence: COMMIT_NOTICE,
+                            },
+                        );
+                    }
+                }
+                ProgressState::Snapshot { .. } => {}
             }
         }
         self.broadcast_needed = false;

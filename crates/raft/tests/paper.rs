@@ -10,7 +10,9 @@ use std::collections::BTreeSet;
 use bytes::Bytes;
 use common::*;
 use skiff_raft::testkit::Cluster;
-use skiff_raft::{Config, EntryKind, HardState, Message, MessageBody, PlantedBug, RawNode, Role};
+use skiff_raft::{
+    Config, EntryKind, HardState, Message, MessageBody, PlantedBug, RawNode, Role, COMMIT_NOTICE,
+};
 
 /// Ticks `node` until `done` holds; returns the number of ticks it took.
 fn ticks_until(node: &mut RawNode, done: impl Fn(&RawNode) -> bool) -> u32 {
@@ -796,7 +798,7 @@ fn follower_keeps_its_log_on_a_stale_append_and_truncates_on_a_conflict() {
 }
 
 #[test]
-fn commit_index_reaches_followers_by_append_entries_and_heartbeats() {
+fn commit_index_reaches_followers_by_commit_notices_and_heartbeats() {
     let mut cluster = Cluster::new(3, |config| config);
     cluster.elect(1);
     cluster.propose(1, b"a").unwrap();
@@ -804,19 +806,32 @@ fn commit_index_reaches_followers_by_append_entries_and_heartbeats() {
     for id in [2, 3] {
         assert!(
             trace.iter().any(|message| message.to == id
-                && matches!(&message.body,
-                    MessageBody::AppendEntries { entries, commit: 2, .. } if entries.is_empty())),
-            "member {id} learns the commit from an empty AppendEntries"
+                && message.body
+                    == MessageBody::Heartbeat {
+                        commit: 2,
+                        sequence: COMMIT_NOTICE
+                    }),
+            "member {id} learns the commit from a commit notice"
+        );
+        assert!(
+            !trace.iter().any(|message| message.from == id
+                && matches!(message.body, MessageBody::HeartbeatResponse { .. })),
+            "member {id} does not answer a commit notice"
         );
         assert_eq!(cluster.node(id).status().commit, 2);
         assert_eq!(cluster.applied_data(id), vec![b"a".to_vec()]);
     }
 
-    // Lose the AppendEntries that announce the next commit: the heartbeat carries it.
+    // Lose the notices of the next commit: the heartbeat carries it.
     cluster.propose(1, b"b").unwrap();
     stabilize_routed(&mut cluster, |message| {
-        if matches!(&message.body, MessageBody::AppendEntries { entries, .. } if entries.is_empty())
-        {
+        if matches!(
+            message.body,
+            MessageBody::Heartbeat {
+                sequence: COMMIT_NOTICE,
+                ..
+            }
+        ) {
             Route::Drop
         } else {
             Route::Deliver
@@ -831,7 +846,7 @@ fn commit_index_reaches_followers_by_append_entries_and_heartbeats() {
     let trace = stabilize_traced(&mut cluster);
     for id in [2, 3] {
         assert!(trace.iter().any(|message| message.to == id
-            && matches!(message.body, MessageBody::Heartbeat { commit: 3, .. })));
+            && matches!(message.body, MessageBody::Heartbeat { commit: 3, sequence } if sequence != COMMIT_NOTICE)));
         assert_eq!(cluster.node(id).status().commit, 3, "member {id}");
         assert_eq!(cluster.applied_data(id), vec![b"a".to_vec(), b"b".to_vec()]);
     }

@@ -42,7 +42,7 @@ pub(crate) enum DiskTask {
 /// The event loop's side of the log writer: it hands over each Ready's writes, and answers
 /// the Readies that need no write itself.
 ///
-/// A follower's answer to a commit notice (an AppendEntries without entries) is one of
+/// A follower's answer to an AppendEntries without entries (a probe) is one of
 /// `messages_after_persist`, and most Readies that carry one have nothing to write but a new
 /// commit index. When every task handed to the writer is done (durable, its messages sent),
 /// such a Ready's messages have nothing left to wait for, and going through the writer
