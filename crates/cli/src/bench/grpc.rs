@@ -4,7 +4,9 @@
 //!
 //! A unary call opens a stream, queues its HEADERS and its one DATA frame (the encoded
 //! message, with END_STREAM) from the calling task, and the connection task writes both
-//! in one flush. The answer is read in the same task: `:status` must be 200, the DATA
+//! in one flush, with those of every other client of the connection that queued a request
+//! meanwhile ([`Batched`], [`Copying`]), as grpc-go's writer batches the frames of its
+//! streams. The answer is read in the same task: `:status` must be 200, the DATA
 //! frames hold one length-prefixed message, and the `grpc-status` trailer (or, for a
 //! trailers-only answer, header) decides success; `grpc-message` is percent-decoded into
 //! the error. Received data is handed back to flow control as it is consumed.
@@ -16,8 +18,11 @@
 //! that breaks fails the requests on it (with `Unavailable`, or the code of the HTTP/2
 //! error); its task then dials again, waiting 20 ms, doubling up to 250 ms, between tries.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use h2::client::{Connection, SendRequest};
@@ -95,11 +100,46 @@ impl Link {
     }
 }
 
+/// A TCP stream that tells `h2` it has no vectored writes. `h2` then copies a DATA frame of
+/// up to 1 KiB into its write buffer instead of chaining it (it chains frames over 256
+/// bytes when the stream writes vectors), and a chained frame ends the buffer: each put of a
+/// 256-byte value went out in a write of its own, however many were queued. Copied, the
+/// requests queued together go out together.
+struct Copying(TcpStream);
+
+impl tokio::io::AsyncRead for Copying {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Copying {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Opens a TCP connection with TCP_NODELAY and starts HTTP/2 on it.
 async fn dial(
     authority: &Authority,
     dial_timeout: Duration,
-) -> Result<(SendRequest<Bytes>, Connection<TcpStream, Bytes>), String> {
+) -> Result<(SendRequest<Bytes>, Connection<Copying, Bytes>), String> {
     let connecting = async {
         let tcp = TcpStream::connect(authority.as_str())
             .await
@@ -109,7 +149,7 @@ async fn dial(
             .enable_push(false)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake(tcp)
+            .handshake(Copying(tcp))
             .await
             .map_err(|error| format!("HTTP/2 handshake: {error}"))
     };
@@ -121,10 +161,20 @@ async fn dial(
 
 /// Drives a link's connection (when it has one); when it ends, marks the link down and
 /// dials again until that succeeds. Stops once nobody uses the link.
-async fn keep_connected(link: Weak<Link>, mut connection: Option<Connection<TcpStream, Bytes>>) {
+async fn keep_connected(
+    link: Weak<Link>,
+    clients: Arc<AtomicUsize>,
+    mut connection: Option<Connection<Copying, Bytes>>,
+) {
     loop {
         if let Some(connection) = connection.take() {
-            let reason = match connection.await {
+            let reason = match (Batched {
+                connection,
+                clients: &clients,
+                yielded: false,
+            })
+            .await
+            {
                 Ok(()) => "connection closed".to_string(),
                 Err(error) => error.to_string(),
             };
@@ -149,8 +199,42 @@ async fn keep_connected(link: Weak<Link>, mut connection: Option<Connection<TcpS
     }
 }
 
+/// A link's connection, polled so that the requests of the clients sharing it go out
+/// together.
+///
+/// A client that queues a request wakes the connection's task, and tokio runs the task
+/// woken last first: the connection would write that one request, then be woken again by
+/// the next client the same read of answers woke, and so on, one write per request. So
+/// when several clients share the connection, each wake-up first yields once, letting the
+/// other tasks that are ready run (and queue their requests), and the poll after that
+/// writes them all in one flush. A lone client has nothing to batch with, and a yield costs
+/// a wake-up of another worker thread, so then the connection is polled at once.
+struct Batched<'a, C> {
+    connection: C,
+    /// The clients of the benchmark connection the link belongs to.
+    clients: &'a AtomicUsize,
+    /// This wake-up was already yielded once.
+    yielded: bool,
+}
+
+impl<C: Future + Unpin> Future for Batched<'_, C> {
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        if !self.yielded && self.clients.load(Ordering::Relaxed) > 1 {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.yielded = false;
+        Pin::new(&mut self.connection).poll(cx)
+    }
+}
+
 struct Shared {
     links: Vec<Arc<Link>>,
+    /// Live [`GrpcClient`]s of this connection.
+    clients: Arc<AtomicUsize>,
     /// The round-robin position shared by the connection's clients.
     next: AtomicUsize,
 }
@@ -169,6 +253,7 @@ impl GrpcConnection {
         assert!(!uris.is_empty(), "at least one endpoint");
         let mut links = Vec::with_capacity(uris.len());
         let mut failures = Vec::new();
+        let clients = Arc::new(AtomicUsize::new(0));
         for uri in uris {
             let parsed: Uri = uri.parse().map_err(|_| BenchError::Connect {
                 endpoint: uri.clone(),
@@ -201,7 +286,11 @@ impl GrpcConnection {
                     None
                 }
             };
-            tokio::spawn(keep_connected(Arc::downgrade(&link), connection));
+            tokio::spawn(keep_connected(
+                Arc::downgrade(&link),
+                Arc::clone(&clients),
+                connection,
+            ));
             links.push(link);
         }
         if failures.len() == uris.len() {
@@ -210,6 +299,7 @@ impl GrpcConnection {
         Ok(GrpcConnection {
             shared: Arc::new(Shared {
                 links,
+                clients,
                 next: AtomicUsize::new(0),
             }),
         })
@@ -217,6 +307,7 @@ impl GrpcConnection {
 
     /// A client for one task; clients of a connection share its HTTP/2 connections.
     pub fn client(&self) -> GrpcClient {
+        self.shared.clients.fetch_add(1, Ordering::Relaxed);
         GrpcClient {
             shared: Arc::clone(&self.shared),
             senders: vec![None; self.shared.links.len()],
@@ -229,6 +320,12 @@ pub struct GrpcClient {
     shared: Arc<Shared>,
     /// This client's handle on each link's connection, with the link generation it is of.
     senders: Vec<Option<(u64, SendRequest<Bytes>)>>,
+}
+
+impl Drop for GrpcClient {
+    fn drop(&mut self) {
+        self.shared.clients.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl GrpcClient {
@@ -510,6 +607,84 @@ mod tests {
     use tokio::sync::{mpsc, watch};
 
     const PATIENCE: Duration = Duration::from_secs(10);
+
+    // ----- batching the requests of clients that share a connection -----
+
+    /// Counts the wake-ups of the task polling it.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A connection that counts its polls and is never done.
+    struct Polls(usize);
+
+    impl Future for Polls {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.0 += 1;
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_shared_connection_lets_the_other_tasks_run_before_each_poll() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let clients = AtomicUsize::new(2);
+        let mut batched = Batched {
+            connection: Polls(0),
+            clients: &clients,
+            yielded: false,
+        };
+        for round in 1..=3 {
+            // Woken (by a client or the socket): first it yields, asking to run again...
+            assert!(Pin::new(&mut batched).poll(&mut cx).is_pending());
+            assert_eq!(batched.connection.0, round - 1);
+            assert_eq!(wakes.0.load(Ordering::SeqCst), round);
+            // ...and when it does, the connection is polled, with no wake-up of its own.
+            assert!(Pin::new(&mut batched).poll(&mut cx).is_pending());
+            assert_eq!(batched.connection.0, round);
+            assert_eq!(wakes.0.load(Ordering::SeqCst), round);
+        }
+    }
+
+    #[test]
+    fn a_connection_of_one_client_is_polled_at_once() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let clients = AtomicUsize::new(1);
+        let mut batched = Batched {
+            connection: Polls(0),
+            clients: &clients,
+            yielded: false,
+        };
+        for round in 1..=3 {
+            assert!(Pin::new(&mut batched).poll(&mut cx).is_pending());
+            assert_eq!(batched.connection.0, round);
+        }
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn clients_are_counted_while_they_live() {
+        let member = Member::start().await;
+        let connection = member.connect().await;
+        let first = connection.client();
+        let second = connection.client();
+        assert_eq!(connection.shared.clients.load(Ordering::Relaxed), 2);
+        drop(first);
+        assert_eq!(connection.shared.clients.load(Ordering::Relaxed), 1);
+        drop(second);
+        assert_eq!(connection.shared.clients.load(Ordering::Relaxed), 0);
+        member.stop().await;
+    }
 
     // ----- against an in-process Skiff member -----
 
