@@ -5,7 +5,7 @@
 //! A unary call opens a stream, queues its HEADERS and its one DATA frame (the encoded
 //! message, with END_STREAM) from the calling task, and the connection task writes both
 //! in one flush, with those of every other client of the connection that queued a request
-//! meanwhile ([`Batched`], [`Copying`]), as grpc-go's writer batches the frames of its
+//! meanwhile (`Batched`, `Copying`), as grpc-go's writer batches the frames of its
 //! streams. The answer is read in the same task: `:status` must be 200, the DATA
 //! frames hold one length-prefixed message, and the `grpc-status` trailer (or, for a
 //! trailers-only answer, header) decides success; `grpc-message` is percent-decoded into
