@@ -20,7 +20,7 @@ use skiff_raft::{Entry, HardState, SnapshotMeta};
 
 use crate::config::StorageConfig;
 use crate::error::{Result, StorageError};
-use crate::file_system::{FileSystem, StorageFile};
+use crate::file_system::{FileSystem, StorageFile, WRITE_BACK_PIECE_BYTES};
 use crate::format::{
     self, begin_record, check_payload, decode_record_header, decode_segment_header, decode_write,
     encode_record, encode_segment_header, encode_write_into, encoded_entry_bytes, finish_record,
@@ -770,11 +770,8 @@ fn zero_fill<File: StorageFile>(file: &mut File, start: u64, end: u64) -> Result
     Ok(())
 }
 
-/// How much of a segment being prepared is written back at a time (see [`prepare_segment`]).
-const PREPARATION_PIECE_BYTES: u64 = 2 << 20;
-
 /// On the helper thread: creates `name`, zero-fills it to `size` bytes and syncs it. Each
-/// piece of [`PREPARATION_PIECE_BYTES`] is written back ([`StorageFile::write_back`]) before
+/// piece of [`WRITE_BACK_PIECE_BYTES`] is written back ([`StorageFile::write_back`]) before
 /// the next is written, and one `fdatasync` at the end makes the whole file durable. So the
 /// disk never has more than one piece of the new segment to write at a time: a single
 /// fdatasync of a whole segment (or dirty pages of it flushed all at once) would hold up the
@@ -796,7 +793,7 @@ fn prepare_segment<F: FileSystem>(
                 std::io::Error::other("cancelled: the store was dropped"),
             ));
         }
-        let end = (offset + PREPARATION_PIECE_BYTES).min(size);
+        let end = (offset + WRITE_BACK_PIECE_BYTES).min(size);
         zero_fill(&mut file, offset, end)?;
         file.write_back(offset, end - offset)?;
         offset = end;

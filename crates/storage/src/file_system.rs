@@ -64,6 +64,12 @@ pub trait StorageFile: Send {
     }
 }
 
+/// How much of a large file being written (a segment prepared ahead, a snapshot) is written
+/// back at a time with [`StorageFile::write_back`]. The disk then never has more than about
+/// this much of it to write at once, so the log's next `fdatasync` does not wait behind tens
+/// of megabytes of it (dirty pages flushed all at once by the kernel or by one final sync).
+pub const WRITE_BACK_PIECE_BYTES: u64 = 2 << 20;
+
 /// Real files in one directory of the operating system's file system.
 #[derive(Clone, Debug)]
 pub struct OsFileSystem {

@@ -71,6 +71,8 @@ struct Disk {
     power_cut: bool,
     operations: u64,
     data_syncs: u64,
+    /// `(file name, offset, length)` of every write-back asked for, in order.
+    write_backs: Vec<(String, u64, u64)>,
 }
 
 impl Disk {
@@ -155,6 +157,12 @@ impl SimulatedFileSystem {
     /// `fdatasync` calls that succeeded so far.
     pub fn data_syncs(&self) -> u64 {
         self.lock().data_syncs
+    }
+
+    /// Every write-back asked for so far, `(file name, offset, length)` in order. A
+    /// write-back makes nothing durable here, and it is not counted as an operation.
+    pub fn write_backs(&self) -> Vec<(String, u64, u64)> {
+        self.lock().write_backs.clone()
     }
 
     /// Simulates a power loss and reboot: every file and directory falls back to its synced
@@ -465,6 +473,14 @@ impl StorageFile for SimulatedFile {
             }
             Ok(())
         })
+    }
+
+    fn write_back(&mut self, offset: u64, length: u64) -> Result<()> {
+        self.file_system
+            .lock()
+            .write_backs
+            .push((self.name.clone(), offset, length));
+        Ok(())
     }
 
     fn sync_data(&mut self) -> Result<()> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use skiff_raft::SnapshotMeta;
 
 use crate::error::{Result, StorageError};
-use crate::file_system::{FileSystem, StorageFile};
+use crate::file_system::{FileSystem, StorageFile, WRITE_BACK_PIECE_BYTES};
 use crate::format::{
     decode_snapshot_header, decode_snapshot_trailer, encode_snapshot_header,
     encode_snapshot_trailer, snapshot_header_length, SNAPSHOT_TRAILER_BYTES,
@@ -17,10 +17,16 @@ use crate::format::{
 /// Streams a snapshot into a temporary file. Write the state machine's bytes with
 /// [`io::Write`], then hand it to the store's `finish_snapshot` to publish it. Dropping it
 /// unfinished leaves a temporary file that the next open deletes.
+///
+/// The file is written back to the disk in pieces of [`WRITE_BACK_PIECE_BYTES`] as it
+/// grows, so the sync that publishes it has little left to write, and the log's syncs on
+/// the same disk never queue behind a whole snapshot.
 pub struct FileSnapshotWriter<F: FileSystem> {
     file: F::File,
     meta: SnapshotMeta,
     offset: u64,
+    /// The file is written back up to here.
+    written_back: u64,
     data_length: u64,
     data_crc: u32,
     buffer: Vec<u8>,
@@ -44,6 +50,7 @@ impl<F: FileSystem> FileSnapshotWriter<F> {
             file,
             meta,
             offset: header.len() as u64,
+            written_back: 0,
             data_length: 0,
             data_crc: 0,
             buffer: Vec::with_capacity(buffer_limit),
@@ -74,6 +81,16 @@ impl<F: FileSystem> FileSnapshotWriter<F> {
         result?;
         self.offset += self.buffer.len() as u64;
         self.buffer.clear();
+        if self.offset - self.written_back >= WRITE_BACK_PIECE_BYTES {
+            let result = self
+                .file
+                .write_back(self.written_back, self.offset - self.written_back);
+            if result.is_err() {
+                self.fail();
+            }
+            result?;
+            self.written_back = self.offset;
+        }
         Ok(())
     }
 

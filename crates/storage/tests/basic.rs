@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 
 use common::{entries, scratch_directory, small_config, snapshot_meta};
 use skiff_raft::HardState;
+use skiff_storage::file_system::WRITE_BACK_PIECE_BYTES;
 use skiff_storage::{
     CrashOptions, FileStorage, MemoryStorage, OsFileSystem, SimulatedFileSystem, SimulatedStorage,
     Storage, StorageError,
@@ -166,6 +167,46 @@ fn compaction_deletes_whole_segments_and_keeps_the_rest() {
     assert_eq!(data, b"state at 300");
     storage.append(&entries(401, 1, 2, 0, 10)).unwrap();
     storage.sync().unwrap();
+}
+
+#[test]
+fn a_large_snapshot_is_written_back_in_pieces_as_it_is_written() {
+    let file_system = SimulatedFileSystem::new();
+    let (mut storage, _) = SimulatedStorage::open(file_system.clone(), small_config()).unwrap();
+    let mut writer = storage.begin_snapshot(snapshot_meta(500, 3)).unwrap();
+    let name = writer.temporary_name().to_string();
+    let chunk = vec![7u8; 64 * 1024];
+    let total = 5 * WRITE_BACK_PIECE_BYTES + 12_345;
+    let mut written = 0;
+    while written < total {
+        let length = chunk.len().min((total - written) as usize);
+        writer.write_all(&chunk[..length]).unwrap();
+        written += length as u64;
+    }
+    storage.finish_snapshot(writer).unwrap();
+    let pieces: Vec<(u64, u64)> = file_system
+        .write_backs()
+        .into_iter()
+        .filter(|(file, _, _)| *file == name)
+        .map(|(_, offset, length)| (offset, length))
+        .collect();
+    // Contiguous pieces from the start of the file, each of at least one piece's size and
+    // less than a piece and a write buffer more, covering all but the tail.
+    assert!(pieces.len() >= 4, "{pieces:?}");
+    let mut end = 0;
+    for (offset, length) in &pieces {
+        assert_eq!(*offset, end, "{pieces:?}");
+        assert!(*length >= WRITE_BACK_PIECE_BYTES, "{pieces:?}");
+        assert!(*length < 2 * WRITE_BACK_PIECE_BYTES, "{pieces:?}");
+        end += length;
+    }
+    assert!(total - end < 2 * WRITE_BACK_PIECE_BYTES, "{end} of {total}");
+    // The snapshot reads back whole.
+    let (_, mut reader) = storage.open_snapshot().unwrap().unwrap();
+    let mut data = Vec::new();
+    reader.read_to_end(&mut data).unwrap();
+    assert_eq!(data.len() as u64, total);
+    assert!(data.iter().all(|byte| *byte == 7));
 }
 
 #[test]
