@@ -631,45 +631,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_shared_connection_lets_the_other_tasks_run_before_each_poll() {
+    /// Polls a connection shared by `clients` clients `polls` times; after each poll, how
+    /// many times the connection itself was polled and the task was woken.
+    fn poll_batched(clients: usize, polls: usize) -> Vec<(usize, usize)> {
         let wakes = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(Arc::clone(&wakes));
         let mut cx = Context::from_waker(&waker);
-        let clients = AtomicUsize::new(2);
+        let clients = AtomicUsize::new(clients);
         let mut batched = Batched {
             connection: Polls(0),
             clients: &clients,
             yielded: false,
         };
-        for round in 1..=3 {
-            // Woken (by a client or the socket): first it yields, asking to run again...
-            assert!(Pin::new(&mut batched).poll(&mut cx).is_pending());
-            assert_eq!(batched.connection.0, round - 1);
-            assert_eq!(wakes.0.load(Ordering::SeqCst), round);
-            // ...and when it does, the connection is polled, with no wake-up of its own.
-            assert!(Pin::new(&mut batched).poll(&mut cx).is_pending());
-            assert_eq!(batched.connection.0, round);
-            assert_eq!(wakes.0.load(Ordering::SeqCst), round);
-        }
+        (0..polls)
+            .map(|_| {
+                assert!(Pin::new(&mut batched).poll(&mut cx).is_pending());
+                (batched.connection.0, wakes.0.load(Ordering::SeqCst))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_connection_lets_the_other_tasks_run_before_each_poll() {
+        // Woken (by a client or the socket), it first yields, asking to run again; when it
+        // does, the connection is polled, with no wake-up of its own.
+        assert_eq!(
+            poll_batched(2, 6),
+            vec![(0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3)]
+        );
     }
 
     #[test]
     fn a_connection_of_one_client_is_polled_at_once() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(Arc::clone(&wakes));
-        let mut cx = Context::from_waker(&waker);
-        let clients = AtomicUsize::new(1);
-        let mut batched = Batched {
-            connection: Polls(0),
-            clients: &clients,
-            yielded: false,
-        };
-        for round in 1..=3 {
-            assert!(Pin::new(&mut batched).poll(&mut cx).is_pending());
-            assert_eq!(batched.connection.0, round);
-        }
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        assert_eq!(poll_batched(1, 3), vec![(1, 0), (2, 0), (3, 0)]);
     }
 
     #[tokio::test]
