@@ -75,28 +75,27 @@ impl<F: FileSystem> FileSnapshotWriter<F> {
             return Ok(());
         }
         let result = self.file.write_at(self.offset, &self.buffer);
-        if result.is_err() {
-            self.fail();
-        }
-        result?;
+        self.checked(result)?;
         self.offset += self.buffer.len() as u64;
         self.buffer.clear();
         if self.offset - self.written_back >= WRITE_BACK_PIECE_BYTES {
             let result = self
                 .file
                 .write_back(self.written_back, self.offset - self.written_back);
-            if result.is_err() {
-                self.fail();
-            }
-            result?;
+            self.checked(result)?;
             self.written_back = self.offset;
         }
         Ok(())
     }
 
-    fn fail(&mut self) {
-        self.failed = true;
-        self.poisoned.store(true, Ordering::SeqCst);
+    /// Passes `result` on; a failed file operation also fails this writer and poisons the
+    /// store.
+    fn checked(&mut self, result: Result<()>) -> Result<()> {
+        if result.is_err() {
+            self.failed = true;
+            self.poisoned.store(true, Ordering::SeqCst);
+        }
+        result
     }
 
     /// Writes the trailer and makes the file durable; returns its metadata and file handle.
@@ -110,10 +109,7 @@ impl<F: FileSystem> FileSnapshotWriter<F> {
             .file
             .write_at(self.offset, &trailer)
             .and_then(|()| self.file.sync_data());
-        if result.is_err() {
-            self.fail();
-        }
-        result?;
+        self.checked(result)?;
         Ok((self.meta, self.file))
     }
 }
