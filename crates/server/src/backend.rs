@@ -175,6 +175,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Runs `read` on the applied state (a shared lock: keep it short, never await inside).
     fn read<R>(&self, read: impl FnOnce(&Store) -> R) -> R;
 
+    /// A directory for scratch files that are unlinked as soon as they are made (a client's
+    /// snapshot is written to one before it is sent). A member's is the one its value log is
+    /// in, on the data directory's file system.
+    fn scratch_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+    }
+
     /// The applied revision, updated after every applied batch that changed it or the compact
     /// revision. Watchers wait on it and then fetch `Store::events_since`.
     fn revisions(&self) -> watch::Receiver<i64>;

@@ -1,12 +1,20 @@
 //! The `Maintenance` service: Status, Alarm, HashKV, Snapshot, MoveLeader, Defragment (Hash is
 //! not supported).
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use skiff_etcd_proto::etcdserverpb as pb;
 use skiff_etcd_proto::etcdserverpb::maintenance_server::Maintenance;
+use skiff_kv::SnapshotCopy;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -38,32 +46,92 @@ impl<B: Backend> MaintenanceService<B> {
 pub type SnapshotStream =
     Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send + 'static>>;
 
-/// Splits `data` (padded with zeros to a multiple of 512 bytes) into messages of at most
-/// `chunk_bytes`, each with the number of data bytes still to come, followed by one message with
-/// the SHA-256 of all the (padded) data and `remaining_bytes` 0, as etcd's snapshot stream.
-pub fn snapshot_messages(mut data: Vec<u8>, chunk_bytes: usize) -> Vec<pb::SnapshotResponse> {
-    let padded = data.len().div_ceil(SNAPSHOT_ALIGNMENT).max(1) * SNAPSHOT_ALIGNMENT;
-    data.resize(padded, 0);
-    let digest = Sha256::digest(&data);
-    let data = Bytes::from(data);
-    let chunk_bytes = chunk_bytes.max(1);
-    let mut messages = Vec::with_capacity(data.len() / chunk_bytes + 2);
+/// At most this many messages of a client's snapshot stream wait in memory to be sent.
+const SNAPSHOT_QUEUE: usize = 4;
+
+/// Writes `copy` to an unlinked scratch file in `dir`, zero-padded to a multiple of 512 bytes,
+/// then sends it to `out` as etcd's snapshot stream: messages of at most `chunk_bytes`, each
+/// with the number of data bytes still to come, then one with the SHA-256 of all the (padded)
+/// data and `remaining_bytes` 0. The snapshot is never held in memory: a few messages are
+/// (the channel's bound), however large the store. Stops early if the client is gone.
+fn stream_snapshot(
+    copy: &SnapshotCopy,
+    dir: &Path,
+    chunk_bytes: usize,
+    out: &mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) -> std::io::Result<()> {
+    let file = scratch_file(dir)?;
+    let mut writer = Hashing {
+        inner: BufWriter::with_capacity(1 << 16, &file),
+        hasher: Sha256::new(),
+        len: 0,
+    };
+    copy.write(&mut writer).map_err(std::io::Error::other)?;
+    let padded = writer.len.div_ceil(SNAPSHOT_ALIGNMENT as u64).max(1) * SNAPSHOT_ALIGNMENT as u64;
+    let padding = vec![0u8; (padded - writer.len) as usize];
+    writer.write_all(&padding)?;
+    writer.flush()?;
+    let digest = writer.hasher.finalize();
+    let chunk_bytes = chunk_bytes.max(1) as u64;
     let mut sent = 0;
-    while sent < data.len() {
-        let end = (sent + chunk_bytes).min(data.len());
-        messages.push(pb::SnapshotResponse {
+    while sent < padded {
+        let mut blob = vec![0u8; chunk_bytes.min(padded - sent) as usize];
+        file.read_exact_at(&mut blob, sent)?;
+        sent += blob.len() as u64;
+        let message = pb::SnapshotResponse {
             header: None,
-            remaining_bytes: (data.len() - end) as u64,
-            blob: data.slice(sent..end),
-        });
-        sent = end;
+            remaining_bytes: padded - sent,
+            blob: Bytes::from(blob),
+        };
+        if out.blocking_send(Ok(message)).is_err() {
+            return Ok(()); // the client went away
+        }
     }
-    messages.push(pb::SnapshotResponse {
+    let _ = out.blocking_send(Ok(pb::SnapshotResponse {
         header: None,
         remaining_bytes: 0,
         blob: Bytes::copy_from_slice(&digest),
-    });
-    messages
+    }));
+    Ok(())
+}
+
+/// A new file in `dir`, already unlinked: its space is freed when it is closed, whatever
+/// happens.
+fn scratch_file(dir: &Path) -> std::io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        ".skiff-client-snapshot-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = dir.join(name);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// A writer that hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[tonic::async_trait]
@@ -157,21 +225,20 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         _request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         // The copy is taken under the store's lock; writing it (which reads every value back)
-        // happens on a blocking thread, so neither the applier nor this runtime waits for it.
-        let (copy, size) = self
-            .backend
-            .read(|store| (store.snapshot_copy(), store.approximate_size_bytes()));
-        let data = tokio::task::spawn_blocking(move || {
-            let mut data = Vec::with_capacity(size as usize + 1024);
-            copy.write(&mut data).map(|()| data)
-        })
-        .await
-        .map_err(|error| Status::internal(format!("skiff: snapshot: {error}")))?
-        .map_err(|error| Status::internal(format!("skiff: snapshot: {error}")))?;
-        let messages = snapshot_messages(data, self.limits.snapshot_chunk_bytes);
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            messages.into_iter().map(Ok),
-        ))))
+        // and sending it happen on a blocking thread, so neither the applier nor this runtime
+        // waits for it.
+        let copy = self.backend.read(|store| store.snapshot_copy());
+        let dir = self.backend.scratch_dir();
+        let chunk_bytes = self.limits.snapshot_chunk_bytes;
+        let (out, messages) = mpsc::channel(SNAPSHOT_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = stream_snapshot(&copy, &dir, chunk_bytes, &out) {
+                tracing::warn!(%error, "cannot send a snapshot to a client");
+                let status = Status::internal(format!("skiff: snapshot: {error}"));
+                let _ = out.blocking_send(Err(status));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(messages))))
     }
 
     async fn move_leader(
@@ -183,5 +250,95 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         Ok(Response::new(pb::MoveLeaderResponse {
             header: current_header(&self.backend),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_kv::{Command, KvConfig, Operation, PutRequest, Store};
+
+    fn store(puts: usize) -> Store {
+        let mut store = Store::new(KvConfig::default()).expect("default config");
+        for index in 0..puts {
+            let put = PutRequest {
+                key: Bytes::from(format!("key/{index}")),
+                value: Bytes::from(vec![b'v'; 300]),
+                ..PutRequest::default()
+            };
+            store.apply(index as u64 + 1, &Command::new(Operation::Put(put)));
+        }
+        store
+    }
+
+    fn scratch(label: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("skiff-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        dir
+    }
+
+    #[test]
+    fn a_client_snapshot_streams_from_an_unlinked_file_with_etcds_framing() {
+        let store = store(200);
+        let dir = scratch("client-snapshot");
+        let (out, mut messages) = mpsc::channel(SNAPSHOT_QUEUE);
+        let copy = store.snapshot_copy();
+        let writer = {
+            let dir = dir.clone();
+            std::thread::spawn(move || stream_snapshot(&copy, &dir, 4000, &out))
+        };
+        let mut received = Vec::new();
+        while let Some(message) = messages.blocking_recv() {
+            received.push(message.expect("no error"));
+            // Only the file holds the snapshot, and no name points at it.
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        }
+        writer.join().unwrap().expect("streamed");
+        let (digest, chunks) = received.split_last().unwrap();
+        assert_eq!(digest.remaining_bytes, 0);
+        let data: Vec<u8> = chunks.iter().flat_map(|m| m.blob.to_vec()).collect();
+        assert!(chunks.len() > 10 && chunks.iter().all(|m| m.blob.len() <= 4000));
+        assert_eq!(data.len() % SNAPSHOT_ALIGNMENT, 0);
+        assert_eq!(Sha256::digest(&data).as_slice(), &digest.blob[..]);
+        let mut sent = 0;
+        for chunk in chunks {
+            sent += chunk.blob.len();
+            assert_eq!(chunk.remaining_bytes as usize, data.len() - sent);
+        }
+        let mut expected = Vec::new();
+        store.snapshot(&mut expected).unwrap();
+        assert_eq!(&data[..expected.len()], &expected[..]);
+        assert!(data[expected.len()..].iter().all(|byte| *byte == 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_client_that_goes_away_stops_the_stream() {
+        let store = store(200);
+        let dir = scratch("client-snapshot-gone");
+        let (out, mut messages) = mpsc::channel(1);
+        let copy = store.snapshot_copy();
+        let writer = {
+            let dir = dir.clone();
+            std::thread::spawn(move || stream_snapshot(&copy, &dir, 100, &out))
+        };
+        assert!(messages.blocking_recv().is_some());
+        drop(messages);
+        writer
+            .join()
+            .unwrap()
+            .expect("a gone client is not an error");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_that_cannot_be_written_is_an_error() {
+        let store = store(10);
+        let (out, _messages) = mpsc::channel(SNAPSHOT_QUEUE);
+        let missing = std::env::temp_dir().join("skiff-no-such-directory/inside");
+        let error = stream_snapshot(&store.snapshot_copy(), &missing, 100, &out).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     }
 }

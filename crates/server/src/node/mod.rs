@@ -264,6 +264,8 @@ pub(crate) struct Shared {
     stopped: watch::Sender<Option<String>>,
     shutdown: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Where scratch files go: the value log's directory, if the store has one.
+    scratch_dir: Option<PathBuf>,
 }
 
 impl Shared {
@@ -377,6 +379,7 @@ impl Node {
             stopped: watch::channel(None).0,
             shutdown: watch::channel(false).0,
             metrics: options.metrics.clone(),
+            scratch_dir: options.value_dir.clone(),
         });
 
         let writer = Arc::new(std::sync::Mutex::new(disk::DiskWriter {
@@ -833,6 +836,13 @@ impl Backend for NodeHandle {
 
     fn read<R>(&self, read: impl FnOnce(&Store) -> R) -> R {
         read(&self.shared.store.read().expect("store lock"))
+    }
+
+    fn scratch_dir(&self) -> PathBuf {
+        self.shared
+            .scratch_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
     }
 
     fn revisions(&self) -> watch::Receiver<i64> {
