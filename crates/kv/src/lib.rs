@@ -53,7 +53,7 @@ pub use config::KvConfig;
 pub use crc::Crc32;
 pub use error::{ConfigError, DecodeError, GrpcCode, KvError, SnapshotError};
 pub use snapshot::SnapshotCopy;
-pub use store::Store;
+pub use store::{HashKvCopy, Store};
 pub use types::*;
 pub use values::{ValueLog, VecValueLog, COLLECT_FLOOR_BYTES};
 pub use wire::{COMMAND_FORMAT_VERSION, MAX_DECODE_DEPTH};

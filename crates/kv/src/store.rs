@@ -223,6 +223,80 @@ impl WriteContext {
 
 /// Appends `version` to `versions`, the history of `key`, and indexes its revision. `key` is
 /// the key map's own copy: the revision index shares its bytes.
+/// A copy of what a HashKV reads (see [`Store::hash_kv_copy`]).
+#[derive(Clone, Debug)]
+pub struct HashKvCopy {
+    revisions: RevisionIndex,
+    keys: BTreeMap<Key, History>,
+    values: Values,
+    revision: i64,
+    compact_revision: i64,
+}
+
+impl HashKvCopy {
+    /// The answer [`Store::hash_kv`] gave when the copy was taken.
+    pub fn hash(&self) -> HashKvResponse {
+        hash_versions(
+            &self.revisions,
+            &self.keys,
+            &self.values,
+            self.revision,
+            self.compact_revision,
+        )
+    }
+}
+
+/// etcd HashKV's CRC-32 over every version up to `revision`, in revision order.
+fn hash_versions(
+    revisions: &RevisionIndex,
+    keys: &BTreeMap<Key, History>,
+    values: &Values,
+    revision: i64,
+    compact_revision: i64,
+) -> HashKvResponse {
+    let mut crc = Crc32::default();
+    let mut scratch = Vec::new();
+    let upper = Revision {
+        main: revision,
+        sub: i64::MAX,
+    };
+    for (stored, key) in revisions.through(upper) {
+        let version = version_in(keys, key, stored);
+        crc.update(&stored.main.to_be_bytes());
+        crc.update(&stored.sub.to_be_bytes());
+        crc.update(&(key.len() as u64).to_be_bytes());
+        crc.update(key);
+        if version.is_tombstone() {
+            crc.update(&[0]);
+        } else {
+            crc.update(&[1]);
+            for number in [
+                version.create_revision,
+                version.revision.main,
+                version.version,
+                version.lease,
+            ] {
+                crc.update(&number.to_be_bytes());
+            }
+            crc.update(&u64::from(version.value.len).to_be_bytes());
+            values.hash(version.value, &mut crc, &mut scratch);
+        }
+    }
+    HashKvResponse {
+        hash: crc.finish(),
+        compact_revision,
+    }
+}
+
+/// The version of `key` at `revision`, which the revision index names.
+fn version_in(keys: &BTreeMap<Key, History>, key: &[u8], revision: Revision) -> StoredVersion {
+    let versions = keys.get(key).expect("the revision index names stored keys");
+    let index = versions
+        .find(revision)
+        .expect("the revision index names stored versions");
+    versions.get(index).expect("found above")
+}
+
 fn append_version(
     versions: &mut History,
     key: Key,
@@ -1234,57 +1308,41 @@ impl Store {
     }
 
     /// etcd HashKV: a CRC-32 over every stored version up to `revision` (≤ 0: current), in
-    /// revision order. Equal on members that applied the same log.
+    /// revision order. Equal on members that applied the same log. It reads every value
+    /// back: a server computes it from [`Store::hash_kv_copy`] instead, off the store's lock.
     pub fn hash_kv(&self, revision: i64) -> Result<HashKvResponse, KvError> {
-        self.check_read_revision(revision)?;
-        let revision = if revision > 0 {
-            revision
-        } else {
-            self.current_revision
-        };
-        let mut crc = Crc32::default();
-        let mut scratch = Vec::new();
-        let upper = Revision {
-            main: revision,
-            sub: i64::MAX,
-        };
-        for (stored, key) in self.revisions.through(upper) {
-            let version = self.version(key, stored);
-            crc.update(&stored.main.to_be_bytes());
-            crc.update(&stored.sub.to_be_bytes());
-            crc.update(&(key.len() as u64).to_be_bytes());
-            crc.update(key);
-            if version.is_tombstone() {
-                crc.update(&[0]);
-            } else {
-                crc.update(&[1]);
-                for number in [
-                    version.create_revision,
-                    version.revision.main,
-                    version.version,
-                    version.lease,
-                ] {
-                    crc.update(&number.to_be_bytes());
-                }
-                crc.update(&u64::from(version.value.len).to_be_bytes());
-                self.values.hash(version.value, &mut crc, &mut scratch);
-            }
-        }
-        Ok(HashKvResponse {
-            hash: crc.finish(),
+        let revision = self.hashed_revision(revision)?;
+        Ok(hash_versions(
+            &self.revisions,
+            &self.keys,
+            &self.values,
+            revision,
+            self.compact_revision,
+        ))
+    }
+
+    /// What [`Store::hash_kv`] reads, copied (the key map's histories, the revision index;
+    /// values are shared): [`HashKvCopy::hash`] gives the same answer while the store moves
+    /// on. Taking it is linear in the keys and versions, but reads no value.
+    pub fn hash_kv_copy(&self, revision: i64) -> Result<HashKvCopy, KvError> {
+        let revision = self.hashed_revision(revision)?;
+        Ok(HashKvCopy {
+            revisions: self.revisions.clone(),
+            keys: self.keys.clone(),
+            values: self.values.clone(),
+            revision,
             compact_revision: self.compact_revision,
         })
     }
 
-    fn version(&self, key: &[u8], revision: Revision) -> StoredVersion {
-        let versions = self
-            .keys
-            .get(key)
-            .expect("the revision index names stored keys");
-        let index = versions
-            .find(revision)
-            .expect("the revision index names stored versions");
-        versions.get(index).expect("found above")
+    /// The revision a HashKV of `revision` covers, if it may be read.
+    fn hashed_revision(&self, revision: i64) -> Result<i64, KvError> {
+        self.check_read_revision(revision)?;
+        Ok(if revision > 0 {
+            revision
+        } else {
+            self.current_revision
+        })
     }
 
     /// Watch events on `[key, range_end)` (as in a range; an empty key means `"\0"`) from

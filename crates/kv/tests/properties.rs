@@ -421,6 +421,35 @@ proptest! {
         prop_assert_eq!(written, at_split);
     }
 
+    /// A HashKV copy taken at a random point hashes as the store did at that moment, at the
+    /// current revision and at an earlier one, however the store changes after it was taken
+    /// (compactions included).
+    #[test]
+    fn a_hash_copy_hashes_the_store_of_its_moment(commands in prop::collection::vec(command(), 1..60), split in any::<prop::sample::Index>(), back in 0i64..4) {
+        let split = split.index(commands.len());
+        let mut store = Store::new(config()).unwrap();
+        for (index, command) in commands[..split].iter().enumerate() {
+            store.apply(index as u64 + 1, command);
+        }
+        let earlier = (store.current_revision() - back).max(1);
+        let mut copies = Vec::new();
+        for revision in [0, earlier] {
+            let at_split = store.hash_kv(revision);
+            let copy = store.hash_kv_copy(revision);
+            prop_assert_eq!(copy.as_ref().err(), at_split.as_ref().err());
+            if let (Ok(copy), Ok(at_split)) = (copy, at_split) {
+                prop_assert_eq!(copy.hash(), at_split.clone());
+                copies.push((copy, at_split));
+            }
+        }
+        for (index, command) in commands.iter().enumerate().skip(split) {
+            store.apply(index as u64 + 1, command);
+        }
+        for (copy, at_split) in copies {
+            prop_assert_eq!(copy.hash(), at_split);
+        }
+    }
+
     /// Any corruption of a snapshot is refused (the checksum covers every byte), never a panic.
     #[test]
     fn corrupt_snapshots_are_refused(

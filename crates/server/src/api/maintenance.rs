@@ -206,10 +206,15 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
         let revision = request.into_inner().revision;
-        let (answer, current) = self
+        // Under the store's lock only the copy (no value is read); the hash, which reads every
+        // value back, runs on a blocking thread while applying goes on.
+        let (copy, current) = self
             .backend
-            .read(|store| (store.hash_kv(revision), store.current_revision()));
-        let answer = answer.map_err(ServerError::Kv)?;
+            .read(|store| (store.hash_kv_copy(revision), store.current_revision()));
+        let copy = copy.map_err(ServerError::Kv)?;
+        let answer = tokio::task::spawn_blocking(move || copy.hash())
+            .await
+            .map_err(|error| Status::internal(format!("skiff: hash: {error}")))?;
         // etcd's header revision is the store's current revision, whatever was hashed.
         Ok(Response::new(pb::HashKvResponse {
             header: header(&self.backend, current),
