@@ -1,12 +1,10 @@
 //! The `Maintenance` service: Status, Alarm, HashKV, Snapshot, MoveLeader, Defragment (Hash is
 //! not supported).
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -20,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::{current_header, header, ApiLimits};
 use crate::backend::{Backend, ServerError};
+use crate::node::unlinked_file;
 
 /// The version `Status` reports: the etcd release whose client API Skiff implements, so clients
 /// that check the server version (clientv3 `RejectOldCluster` wants ≥ 3.2) accept it.
@@ -60,7 +59,7 @@ fn stream_snapshot(
     chunk_bytes: usize,
     out: &mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
 ) -> std::io::Result<()> {
-    let file = scratch_file(dir)?;
+    let file = unlinked_file(dir, "client-snapshot")?;
     let mut writer = Hashing {
         inner: BufWriter::with_capacity(1 << 16, &file),
         hasher: Sha256::new(),
@@ -93,25 +92,6 @@ fn stream_snapshot(
         blob: Bytes::copy_from_slice(&digest),
     }));
     Ok(())
-}
-
-/// A new file in `dir`, already unlinked: its space is freed when it is closed, whatever
-/// happens.
-fn scratch_file(dir: &Path) -> std::io::Result<File> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        ".skiff-client-snapshot-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let path = dir.join(name);
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
-    Ok(file)
 }
 
 /// A writer that hashes and counts what goes through it.

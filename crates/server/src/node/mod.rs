@@ -25,6 +25,8 @@ mod scratch;
 mod snapshot;
 mod values;
 
+pub(crate) use values::unlinked_file;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};

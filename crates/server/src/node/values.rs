@@ -33,22 +33,30 @@ struct Tail {
     buffer: Vec<u8>,
 }
 
+/// A new file in `dir`, already unlinked, so that its space is freed when it is closed,
+/// whatever happens. Its name while it had one ended in `.tmp`: [`FileValueLog::clear_dir`]
+/// removes one a crash left between the two steps.
+pub(crate) fn unlinked_file(dir: &Path, prefix: &str) -> std::io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = dir.join(format!(
+        "{prefix}-{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
 impl FileValueLog {
     /// A new, empty log in `dir` (created if missing).
     pub fn create_in(dir: &Path) -> std::io::Result<FileValueLog> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!(
-            "values-{}-{}.tmp",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
-        std::fs::remove_file(&path)?;
+        let file = unlinked_file(dir, "values")?;
         Ok(FileValueLog {
             dir: dir.to_path_buf(),
             file,
