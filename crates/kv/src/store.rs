@@ -221,8 +221,6 @@ impl WriteContext {
     }
 }
 
-/// Appends `version` to `versions`, the history of `key`, and indexes its revision. `key` is
-/// the key map's own copy: the revision index shares its bytes.
 /// A copy of what a HashKV reads (see [`Store::hash_kv_copy`]).
 #[derive(Clone, Debug)]
 pub struct HashKvCopy {
@@ -297,6 +295,8 @@ fn version_in(keys: &BTreeMap<Key, History>, key: &[u8], revision: Revision) -> 
     versions.get(index).expect("found above")
 }
 
+/// Appends `version` to `versions`, the history of `key`, and indexes its revision. `key` is
+/// the key map's own copy: the revision index shares its bytes.
 fn append_version(
     versions: &mut History,
     key: Key,
