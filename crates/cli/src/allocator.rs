@@ -82,6 +82,23 @@ mod tests {
         );
     }
 
+    /// The premise of `skiff_kv`'s revision index trimming its chunks by copying them rather
+    /// than with `shrink_to_fit`: mimalloc keeps a block that shrinks by less than half.
+    #[test]
+    fn a_block_shrunk_by_less_than_half_stays_whole() {
+        // SAFETY: one block, allocated, resized and freed here; no other pointer to it.
+        unsafe {
+            let block = libmimalloc_sys::mi_malloc(4096);
+            let shrunk = libmimalloc_sys::mi_realloc(block, 2600);
+            assert_eq!(shrunk, block, "shrunk in place");
+            assert!(libmimalloc_sys::mi_usable_size(shrunk) >= 4096);
+            libmimalloc_sys::mi_free(shrunk);
+            let exact = libmimalloc_sys::mi_malloc(2600);
+            assert!(libmimalloc_sys::mi_usable_size(exact) < 4096);
+            libmimalloc_sys::mi_free(exact);
+        }
+    }
+
     #[test]
     fn huge_pages_are_off() {
         if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
