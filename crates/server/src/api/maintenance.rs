@@ -241,6 +241,7 @@ impl<B: Backend> Maintenance for MaintenanceService<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::scratch::Scratch;
     use skiff_kv::{Command, KvConfig, Operation, PutRequest, Store};
 
     fn store(puts: usize) -> Store {
@@ -256,17 +257,11 @@ mod tests {
         store
     }
 
-    fn scratch(label: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("skiff-{label}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a scratch directory");
-        dir
-    }
-
     #[test]
     fn a_client_snapshot_streams_from_an_unlinked_file_with_etcds_framing() {
         let store = store(200);
-        let dir = scratch("client-snapshot");
+        let scratch = Scratch::new("client-snapshot");
+        let dir = scratch.path().to_path_buf();
         let (out, mut messages) = mpsc::channel(SNAPSHOT_QUEUE);
         let copy = store.snapshot_copy();
         let writer = {
@@ -295,13 +290,13 @@ mod tests {
         store.snapshot(&mut expected).unwrap();
         assert_eq!(&data[..expected.len()], &expected[..]);
         assert!(data[expected.len()..].iter().all(|byte| *byte == 0));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_client_that_goes_away_stops_the_stream() {
         let store = store(200);
-        let dir = scratch("client-snapshot-gone");
+        let scratch = Scratch::new("client-snapshot-gone");
+        let dir = scratch.path().to_path_buf();
         let (out, mut messages) = mpsc::channel(1);
         let copy = store.snapshot_copy();
         let writer = {
@@ -315,7 +310,6 @@ mod tests {
             .unwrap()
             .expect("a gone client is not an error");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -46,9 +46,9 @@ pub(crate) enum DiskTask {
 /// `messages_after_persist`, and most Readies that carry one have nothing to write but a new
 /// commit index. When every task handed to the writer is done (durable, its messages sent),
 /// such a Ready's messages have nothing left to wait for, and going through the writer
-/// would only cost its thread a wake-up with nothing to write: they are sent from here. A hard state
-/// that changes only the commit index needs no sync (see [`DiskWriter`]), so it is kept
-/// here and written with the next task, and a commit alone never wakes the writer.
+/// would only cost its thread a wake-up with nothing to write: they are sent from here. A
+/// hard state that changes only the commit index needs no sync (see [`DiskWriter`]), so it
+/// is kept here and written with the next task, and a commit alone never wakes the writer.
 ///
 /// On a follower, a Ready's writes are on the path of every commit: the leader waits for the
 /// acknowledgement sent after them. When the writer is idle, handing them to its thread

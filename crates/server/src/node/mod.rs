@@ -21,7 +21,7 @@ mod disk;
 mod event_loop;
 mod forward;
 #[cfg(test)]
-mod scratch;
+pub(crate) mod scratch;
 mod snapshot;
 mod values;
 
